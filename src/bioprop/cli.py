@@ -1,0 +1,49 @@
+"""The `bioprop` command. Each subcommand lives in its own module, which provides
+`configure_parser(parser)` and `run(args) -> int` (the exit status)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import BioPropError
+
+#: subcommand -> (module, one-line help)
+COMMANDS = {
+    "train": ("bioprop.train", "train and evaluate a rule on a data set"),
+    "verify": ("bioprop.verify", "compare a rule's weight updates with autograd BP, layer by layer"),
+    "fazil-detection": ("bioprop.experiments.fazil_detection", "Fa-Z-IL's detection success rate against t_d (paper Table 3)"),
+    "benchmark": ("bioprop.benchmark", "time one training step of each rule, as a ratio to BP"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bioprop", description="Biologically plausible learning circuits that compute backpropagation.")
+    parser.add_argument("--version", action="version", version=f"bioprop {__import__('bioprop').__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.configure_parser(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except BioPropError as error:
+        print(f"bioprop {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bioprop {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Learning rules, by name. A new rule is one new file plus one line in RULES."""
+from __future__ import annotations
+
+from ..errors import BioPropError
+from .base import LearningRule
+from .bp import BackpropRule
+from .fazil import FullyAutonomousZIL
+from .il import InferenceLearning
+from .zil import ZeroDivergenceIL
+
+RULES: dict[str, type[LearningRule]] = {
+    "bp": BackpropRule,
+    "il": InferenceLearning,
+    "zil": ZeroDivergenceIL,
+    "fazil": FullyAutonomousZIL,
+}
+
+
+def make_rule(name: str, **options) -> LearningRule:
+    """Build a rule by name with its options as keywords, e.g. make_rule("zil", lr=0.01, loss="mse")."""
+    try:
+        cls = RULES[name]
+    except (KeyError, TypeError):
+        raise BioPropError(f"rule={name!r} is not known; choose one of {sorted(RULES)}") from None
+    try:
+        return cls(**options)
+    except TypeError as error:
+        import inspect
+
+        accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        raise BioPropError(f"rule {name!r}: bad option ({error}); it accepts {accepted}") from None
+
+
+def rule_names() -> list[str]:
+    return sorted(RULES)
+
+
+__all__ = ["LearningRule", "RULES", "make_rule", "rule_names"]

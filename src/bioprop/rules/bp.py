@@ -1,0 +1,34 @@
+"""Backpropagation: plain SGD on the batch-mean loss, gradients from PyTorch autograd.
+
+    W_l <- W_l - lr * dLoss/dW_l,     b_l <- b_l - lr * dLoss/db_l
+
+This rule is the oracle every other rule is held to: it shares nothing with them but the
+network's forward pass, and its gradients come from autograd, not from our own deltas.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import LearningRule
+
+
+class BackpropRule(LearningRule):
+    name = "bp"
+    claims_exactness = True
+
+    def step(self, net, x, y, trace=False):
+        from .base import check_batch
+
+        x, y = check_batch(net, x, y)
+        parameters = net.parameters_list()
+        with torch.enable_grad():
+            output = net(x)
+            loss = self.loss(output, y)
+            gradients = torch.autograd.grad(loss, parameters)
+        with torch.no_grad():
+            for parameter, gradient in zip(parameters, gradients):
+                parameter.sub_(self.lr * gradient)
+        info = {"loss": float(loss.detach()), "output": output.detach()}
+        if trace:
+            info["trace"] = []
+        return info

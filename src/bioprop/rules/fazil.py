@@ -1,0 +1,296 @@
+"""Fully autonomous Z-IL (Fa-Z-IL), Algorithm 2 of Song, Lukasiewicz, Xu & Bogacz 2020.
+
+Inference and plasticity run at every step, in every layer, with one rule and no schedule:
+
+    x_l <- x_l + gamma * ( -eps_l + f'(x_l) * (W_{l+1}^T eps_{l+1}) )           (gamma = 1, C3)
+    W_l[i, :] <- W_l[i, :] + alpha * phi_{l,i}(t) * eps_{l,i} f(x_{l-1})^T       (per sample, batch mean)
+
+Each neuron's learning rate is gated by phi, a function of its own error node's history
+(our definition; the paper's formula was lost from our copy, see docs/rules.md):
+
+    phi_{l,i}(t) = 1  iff   |eps_{l,i}(t) - eps_{l,i}(t-1)| > change_tol        (it changes now)
+                      and   eps_{l,i}(t-1) = ... = eps_{l,i}(t-t_d)             (after t_d constant steps)
+                      and   mu_{l,i}(t) == mu_{l,i}(t-1)                         (driven by feedback)
+                   0  otherwise.
+
+The last clause is how a neuron tells feedback from feed-forward drive locally: its error
+node has two inputs, its value node (moved by top-down feedback, or by the teacher at the
+output) and the prediction mu from the layer below. A change with an unchanged prediction came
+from above. Under C1 the first change of layer L-k's error is at t = k (Lemma A3 of the
+paper), so Fa-Z-IL performs Z-IL's updates exactly at Z-IL's times: **exactness** against
+autograd is tested in float64. When BP's delta of a neuron is exactly 0 the detection misses,
+which is harmless (the update would be 0).
+
+`step(net, x, y)` presents one batch whose prediction phase has converged (C1 holds and every
+error node has been at rest for at least t_d steps) and runs n_steps steps (default L, the
+time the feedback front needs to reach layer 1). `stream(net, inputs, targets)` is the
+autonomous mode: pairs are presented in turn, input first (prediction phase, until the
+network is stationary plus `hold_steps`), then the teacher for `learning_steps` steps, with
+the same dynamics and gate running throughout; it counts detection successes and failures.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import BioPropError
+from .base import LearningRule, check_batch, check_int, check_positive
+from .predictive_coding import (
+    FreeOutput,
+    PCState,
+    ValueClamp,
+    advance,
+    clamp_output,
+    feedforward_state,
+    make_teacher,
+    noisy_start,
+    simulate,
+)
+
+Tensor = torch.Tensor
+
+#: "constant since forever": the history assumed for a network whose prediction phase converged.
+_LONG_AGO = 2**30
+
+
+class ChangeDetector:
+    """phi for every neuron of every layer, from its own error node's history.
+
+    run[l] counts how many consecutive values of eps_l, ending at the previous step, were
+    equal (within change_tol); prediction[l] is the previous step's mu_l.
+    """
+
+    def __init__(self, t_d: int, change_tol: float):
+        self.t_d = t_d
+        self.change_tol = change_tol
+        self.previous_error: list[Tensor] | None = None
+        self.previous_prediction: list[Tensor] | None = None
+        self.run: list[Tensor] | None = None
+
+    def assume_at_rest(self, errors: list[Tensor], predictions: list[Tensor]) -> None:
+        """History of a converged prediction phase: errors 0 for ever, prediction unchanged."""
+        self.previous_error = [torch.zeros_like(e) for e in errors]
+        self.previous_prediction = [mu.clone() for mu in predictions]
+        self.run = [torch.full(e.shape, _LONG_AGO, dtype=torch.long, device=e.device) for e in errors]
+
+    def __call__(self, errors: list[Tensor], predictions: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """(phi, changed) per layer, both (B, n_l) bool; then the history moves on one step."""
+        if self.previous_error is None:
+            self.assume_at_rest(errors, predictions)
+        phi, changed = [], []
+        for layer, (eps, mu) in enumerate(zip(errors, predictions)):
+            change = (eps - self.previous_error[layer]).abs() > self.change_tol
+            from_feedback = mu == self.previous_prediction[layer]
+            phi.append(change & from_feedback & (self.run[layer] >= self.t_d))
+            changed.append(change)
+            self.run[layer] = torch.where(change, torch.ones_like(self.run[layer]), self.run[layer] + 1)
+            self.previous_error[layer] = eps.clone()
+            self.previous_prediction[layer] = mu.clone()
+        return phi, changed
+
+
+@dataclass
+class DetectionTally:
+    """Per layer: how each (sample, neuron) fared in each presentation of a training pair.
+
+    success: phi fired exactly at its layer's step (t = L - l of the learning phase) and never
+    elsewhere; missed: it did not fire there although its error changed there (a lost update);
+    harmless: it did not fire there and its error did not change (BP's delta is 0: nothing
+    lost); spurious: it fired at some other step (prediction phase or wrong learning step).
+    """
+
+    n_layers: int
+    success: list[int] = field(default_factory=list)
+    missed: list[int] = field(default_factory=list)
+    harmless: list[int] = field(default_factory=list)
+    spurious: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        for counts in (self.success, self.missed, self.harmless, self.spurious):
+            counts.extend([0] * self.n_layers)
+        self._reset_presentation()
+
+    def _reset_presentation(self):
+        self._fired_expected = [None] * self.n_layers
+        self._changed_expected = [None] * self.n_layers
+        self._fired_elsewhere = [None] * self.n_layers
+
+    def record(self, learning_step: int | None, phi: list[Tensor], changed: list[Tensor]) -> None:
+        """One step's gates; learning_step is t within the learning phase, None in prediction."""
+        for index, (fired, change) in enumerate(zip(phi, changed)):
+            expected = learning_step is not None and learning_step == self.n_layers - (index + 1)
+            if expected:
+                self._fired_expected[index] = fired.clone()
+                self._changed_expected[index] = change.clone()
+            else:
+                previous = self._fired_elsewhere[index]
+                self._fired_elsewhere[index] = fired.clone() if previous is None else previous | fired
+
+    def close_presentation(self) -> None:
+        for index in range(self.n_layers):
+            fired = self._fired_expected[index]
+            if fired is None:  # the learning phase ended before this layer's step
+                continue
+            changed = self._changed_expected[index]
+            elsewhere = self._fired_elsewhere[index]
+            if elsewhere is None:
+                elsewhere = torch.zeros_like(fired)
+            self.spurious[index] += int(elsewhere.sum())
+            clean = ~elsewhere
+            self.success[index] += int((fired & clean).sum())
+            self.missed[index] += int((~fired & changed & clean).sum())
+            self.harmless[index] += int((~fired & ~changed & clean).sum())
+        self._reset_presentation()
+
+    def summary(self) -> dict:
+        success, missed, harmless, spurious = (sum(c) for c in (self.success, self.missed, self.harmless, self.spurious))
+        total = success + missed + harmless + spurious
+        decided = success + missed + spurious
+        return {
+            "success": success,
+            "missed": missed,
+            "harmless_miss": harmless,
+            "spurious": spurious,
+            "success_rate": success / decided if decided else float("nan"),
+            "strict_success_rate": success / total if total else float("nan"),
+            "per_layer": {
+                "success": list(self.success),
+                "missed": list(self.missed),
+                "harmless_miss": list(self.harmless),
+                "spurious": list(self.spurious),
+            },
+        }
+
+
+class FullyAutonomousZIL(LearningRule):
+    name = "fazil"
+    claims_exactness = True
+
+    def __init__(
+        self,
+        lr=0.01,
+        loss="mse",
+        t_d=4,
+        n_steps=None,
+        gamma=1.0,
+        change_tol=0.0,
+        init_noise=0.0,
+        seed=0,
+    ):
+        super().__init__(lr, loss)
+        self.t_d = check_int("t_d", t_d, 1)
+        self.n_steps = None if n_steps is None else check_int("n_steps", n_steps, 1)
+        self.gamma = check_positive("gamma", gamma)
+        self.change_tol = check_positive("change_tol", change_tol, allow_zero=True)
+        self.init_noise = check_positive("init_noise", init_noise, allow_zero=True)
+        self.seed = seed
+        self._noise = torch.Generator().manual_seed(seed)
+
+    def options(self):
+        return {
+            **super().options(),
+            "t_d": self.t_d,
+            "n_steps": self.n_steps,
+            "gamma": self.gamma,
+            "change_tol": self.change_tol,
+            "init_noise": self.init_noise,
+            "seed": self.seed,
+        }
+
+    def _gate(self, detector: ChangeDetector, tally: DetectionTally, phase_step):
+        """The plasticity gate: phi as a float mask, layers where no neuron fires skipped."""
+
+        def gate(t, errors, predictions):
+            phi, changed = detector(errors, predictions)
+            tally.record(phase_step(t), phi, changed)
+            return [p.to(e.dtype) if bool(p.any()) else None for p, e in zip(phi, errors)]
+
+        return gate
+
+    def _step(self, net, x, y, trace):
+        state = feedforward_state(net, x)
+        output = state.value_nodes[-1]
+        loss_value = float(self.loss(output, y))
+        teacher = make_teacher(self.loss, y, output)
+        state = noisy_start(state, self.init_noise, self._noise)
+        detector = ChangeDetector(self.t_d, self.change_tol)
+        tally = DetectionTally(net.n_layers)
+        gate = self._gate(detector, tally, phase_step=lambda t: t)
+        n_steps = self.n_steps or net.n_layers
+        result = simulate(net, state, teacher, gamma=self.gamma, n_steps=n_steps, lr=self.lr, gate=gate, record=trace)
+        tally.close_presentation()
+        info = {"loss": loss_value, "output": output, "n_inference_steps": n_steps - 1, "detection": tally.summary()}
+        if trace:
+            info["trace"] = result.trace
+        return info
+
+    def stream(
+        self,
+        net,
+        inputs: Tensor,
+        targets: Tensor,
+        batch_size: int = 1,
+        learning_steps: int | None = None,
+        hold_steps: int = 16,
+        max_prediction_steps: int = 1000,
+    ) -> dict:
+        """Learn from a stream of training pairs with no external trigger.
+
+        For each pair (batch_size independent streams side by side, sharing the weights):
+        the input is presented with the output free until the whole network is stationary,
+        then for `hold_steps` more steps; then the teacher arrives for `learning_steps` steps
+        (default L). Inference and plasticity with the gate phi run throughout, across pairs.
+        Returns counts of detection outcomes, the mean loss at the teacher's onset, and how
+        many prediction phases failed to become stationary (C1 broken).
+        """
+        inputs, targets = check_batch(net, inputs, targets)
+        batch_size = check_int("batch_size", batch_size, 1)
+        hold_steps = check_int("hold_steps", hold_steps, 0)
+        max_prediction_steps = check_int("max_prediction_steps", max_prediction_steps, 1)
+        learning_steps = net.n_layers if learning_steps is None else check_int("learning_steps", learning_steps, 1)
+        n_presentations = inputs.shape[0] // batch_size
+        if n_presentations == 0:
+            raise BioPropError(f"batch_size={batch_size}: larger than the {inputs.shape[0]} pairs given")
+        detector = ChangeDetector(self.t_d, self.change_tol)
+        tally = DetectionTally(net.n_layers)
+        phase = {"learning": False}
+        gate = self._gate(detector, tally, phase_step=lambda t: t if phase["learning"] else None)
+        free = FreeOutput()
+        state = None
+        losses, prediction_lengths, unconverged = [], [], 0
+        with torch.no_grad():
+            for p in range(n_presentations):
+                chunk = slice(p * batch_size, (p + 1) * batch_size)
+                input_rates = net.input_rates(inputs[chunk])
+                if state is None:  # the stream starts at rest on its first input
+                    state = feedforward_state(net, inputs[chunk])
+                state = PCState(input_rates, state.value_nodes)
+                phase["learning"] = False
+                steps, stationary_for = 0, -1
+                while steps < max_prediction_steps and stationary_for < hold_steps:
+                    new_state, _, _ = advance(net, state, free, t=steps, gamma=self.gamma, lr=self.lr, gate=gate, output_free=True)
+                    still = all(torch.equal(a, b) for a, b in zip(new_state.value_nodes, state.value_nodes))
+                    stationary_for = stationary_for + 1 if still else -1
+                    state = new_state
+                    steps += 1
+                if stationary_for < 0:
+                    unconverged += 1
+                prediction_lengths.append(steps)
+                output = state.value_nodes[-1]
+                losses.append(float(self.loss(output, targets[chunk])))
+                teacher = make_teacher(self.loss, targets[chunk], output)
+                if isinstance(teacher, ValueClamp):
+                    state = clamp_output(state, teacher)
+                phase["learning"] = True
+                for t in range(learning_steps):
+                    state, _, _ = advance(net, state, teacher, t=t, gamma=self.gamma, lr=self.lr, gate=gate, output_free=False)
+                tally.close_presentation()
+        return {
+            "presentations": n_presentations,
+            "pairs": n_presentations * batch_size,
+            "mean_loss": sum(losses) / len(losses),
+            "mean_prediction_steps": sum(prediction_lengths) / len(prediction_lengths),
+            "unconverged_prediction_phases": unconverged,
+            "detection": tally.summary(),
+        }

@@ -1,0 +1,58 @@
+"""Inference learning (IL): Whittington & Bogacz 2017; Algorithm 1 of Song et al. 2020.
+
+With the input clamped and the network at its prediction (the feed-forward pass), the teacher
+clamps the output; inference then runs for T steps with a small step gamma,
+
+    x_l <- x_l + gamma * ( -eps_l + f'(x_l) * (W_{l+1}^T eps_{l+1}) ),   eps_l = x_l - mu_l,
+
+and at t = t_c = T (an external trigger) every weight takes one local Hebbian step
+
+    W_l <- W_l + alpha * <eps_l f(x_{l-1})^T>,     b_l <- b_l + alpha * <eps_l>      (batch mean).
+
+At the inference equilibrium eps_l approximates -d_l (BP's delta), so IL approximates BP; it
+is not exact (see `bioprop verify --rule il` for the measured distance). The PCN itself, the
+teacher and the time-step ordering are in `predictive_coding.py`.
+
+Options: gamma (0.1), n_steps = T (20), init_noise (std of Gaussian noise added to the hidden
+value nodes at t = 0; 0 = start at the prediction fixpoint), seed (for that noise).
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import LearningRule, check_int, check_positive
+from .predictive_coding import feedforward_state, make_teacher, noisy_start, simulate
+
+
+class InferenceLearning(LearningRule):
+    name = "il"
+
+    def __init__(self, lr=0.01, loss="mse", gamma=0.1, n_steps=20, init_noise=0.0, seed=0):
+        super().__init__(lr, loss)
+        self.gamma = check_positive("gamma", gamma)
+        self.n_steps = check_int("n_steps", n_steps, 0)
+        self.init_noise = check_positive("init_noise", init_noise, allow_zero=True)
+        self.seed = seed
+        self._noise = torch.Generator().manual_seed(seed)
+
+    def options(self):
+        return {**super().options(), "gamma": self.gamma, "n_steps": self.n_steps, "init_noise": self.init_noise, "seed": self.seed}
+
+    def _step(self, net, x, y, trace):
+        state = feedforward_state(net, x)
+        output = state.value_nodes[-1]
+        loss_value = float(self.loss(output, y))
+        teacher = make_teacher(self.loss, y, output)
+        state = noisy_start(state, self.init_noise, self._noise)
+        t_c, n_layers = self.n_steps, net.n_layers
+
+        def update_at_t_c(t, errors, predictions):
+            return [1.0 if t == t_c else None] * n_layers
+
+        result = simulate(
+            net, state, teacher, gamma=self.gamma, n_steps=t_c + 1, lr=self.lr, gate=update_at_t_c, record=trace
+        )
+        info = {"loss": loss_value, "output": output, "n_inference_steps": t_c}
+        if trace:
+            info["trace"] = result.trace
+        return info
