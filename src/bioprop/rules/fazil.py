@@ -8,10 +8,16 @@ Inference and plasticity run at every step, in every layer, with one rule and no
 Each neuron's learning rate is gated by phi, a function of its own error node's history
 (our definition; the paper's formula was lost from our copy, see docs/rules.md):
 
-    phi_{l,i}(t) = 1  iff   |eps_{l,i}(t) - eps_{l,i}(t-1)| > change_tol        (it changes now)
+    phi_{l,i}(t) = 1  iff   eps_{l,i}(t) != eps_{l,i}(t-1)                       (it changes now)
                       and   eps_{l,i}(t-1) = ... = eps_{l,i}(t-t_d)             (after t_d constant steps)
-                      and   mu_{l,i}(t) == mu_{l,i}(t-1)                         (driven by feedback)
-                   0  otherwise.
+                      and   mu_{l,i}(t) = mu_{l,i}(t-1)                          (driven by feedback)
+                   0  otherwise,
+
+where "=" means equal to within the neuron's resolution, change_tol * (1 + |mu_{l,i}|)
+(default change_tol: 1024 units in the last place of the network's dtype, 2.3e-13 in float64). A tolerance is
+needed because a settled network is not bit-for-bit still: round-off keeps its nodes
+flickering at ~1e-16, which an exact comparison would read as change. It costs nothing in
+exactness: a neuron whose BP delta is below the resolution loses an update of that size.
 
 The last clause is how a neuron tells feedback from feed-forward drive locally: its error
 node has two inputs, its value node (moved by top-down feedback, or by the teacher at the
@@ -80,8 +86,9 @@ class ChangeDetector:
             self.assume_at_rest(errors, predictions)
         phi, changed = [], []
         for layer, (eps, mu) in enumerate(zip(errors, predictions)):
-            change = (eps - self.previous_error[layer]).abs() > self.change_tol
-            from_feedback = mu == self.previous_prediction[layer]
+            resolution = self.change_tol * (1 + mu.abs())
+            change = (eps - self.previous_error[layer]).abs() > resolution
+            from_feedback = (mu - self.previous_prediction[layer]).abs() <= resolution
             phi.append(change & from_feedback & (self.run[layer] >= self.t_d))
             changed.append(change)
             self.run[layer] = torch.where(change, torch.ones_like(self.run[layer]), self.run[layer] + 1)
@@ -174,7 +181,7 @@ class FullyAutonomousZIL(LearningRule):
         t_d=4,
         n_steps=None,
         gamma=1.0,
-        change_tol=0.0,
+        change_tol=None,
         init_noise=0.0,
         seed=0,
     ):
@@ -182,7 +189,7 @@ class FullyAutonomousZIL(LearningRule):
         self.t_d = check_int("t_d", t_d, 1)
         self.n_steps = None if n_steps is None else check_int("n_steps", n_steps, 1)
         self.gamma = check_positive("gamma", gamma)
-        self.change_tol = check_positive("change_tol", change_tol, allow_zero=True)
+        self.change_tol = None if change_tol is None else check_positive("change_tol", change_tol, allow_zero=True)
         self.init_noise = check_positive("init_noise", init_noise, allow_zero=True)
         self.seed = seed
         self._noise = torch.Generator().manual_seed(seed)
@@ -197,6 +204,11 @@ class FullyAutonomousZIL(LearningRule):
             "init_noise": self.init_noise,
             "seed": self.seed,
         }
+
+    def _resolution(self, net) -> float:
+        if self.change_tol is not None:
+            return self.change_tol
+        return 1024 * torch.finfo(net.dtype).eps
 
     def _gate(self, detector: ChangeDetector, tally: DetectionTally, phase_step):
         """The plasticity gate: phi as a float mask, layers where no neuron fires skipped."""
@@ -214,7 +226,7 @@ class FullyAutonomousZIL(LearningRule):
         loss_value = float(self.loss(output, y))
         teacher = make_teacher(self.loss, y, output)
         state = noisy_start(state, self.init_noise, self._noise)
-        detector = ChangeDetector(self.t_d, self.change_tol)
+        detector = ChangeDetector(self.t_d, self._resolution(net))
         tally = DetectionTally(net.n_layers)
         gate = self._gate(detector, tally, phase_step=lambda t: t)
         n_steps = self.n_steps or net.n_layers
@@ -238,8 +250,9 @@ class FullyAutonomousZIL(LearningRule):
         """Learn from a stream of training pairs with no external trigger.
 
         For each pair (batch_size independent streams side by side, sharing the weights):
-        the input is presented with the output free until the whole network is stationary,
-        then for `hold_steps` more steps; then the teacher arrives for `learning_steps` steps
+        the input is presented with the output free until the whole network is stationary
+        (no value node moves by more than change_tol * (1 + |x|) in a step), then for
+        `hold_steps` more steps (at most max_prediction_steps in all); then the teacher arrives for `learning_steps` steps
         (default L). Inference and plasticity with the gate phi run throughout, across pairs.
         Returns counts of detection outcomes, the mean loss at the teacher's onset, and how
         many prediction phases failed to become stationary (C1 broken).
@@ -252,7 +265,7 @@ class FullyAutonomousZIL(LearningRule):
         n_presentations = inputs.shape[0] // batch_size
         if n_presentations == 0:
             raise BioPropError(f"batch_size={batch_size}: larger than the {inputs.shape[0]} pairs given")
-        detector = ChangeDetector(self.t_d, self.change_tol)
+        detector = ChangeDetector(self.t_d, self._resolution(net))
         tally = DetectionTally(net.n_layers)
         phase = {"learning": False}
         gate = self._gate(detector, tally, phase_step=lambda t: t if phase["learning"] else None)
@@ -270,7 +283,10 @@ class FullyAutonomousZIL(LearningRule):
                 steps, stationary_for = 0, -1
                 while steps < max_prediction_steps and stationary_for < hold_steps:
                     new_state, _, _ = advance(net, state, free, t=steps, gamma=self.gamma, lr=self.lr, gate=gate, output_free=True)
-                    still = all(torch.equal(a, b) for a, b in zip(new_state.value_nodes, state.value_nodes))
+                    still = all(
+                        bool(((a - b).abs() <= detector.change_tol * (1 + b.abs())).all())
+                        for a, b in zip(new_state.value_nodes, state.value_nodes)
+                    )
                     stationary_for = stationary_for + 1 if still else -1
                     state = new_state
                     steps += 1

@@ -1,0 +1,72 @@
+"""The in-memory form every loader returns: flattened float32 inputs in [0, 1] and int64 labels."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import BioPropError
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing tensors field by field has no single truth value
+class Dataset:
+    """A classification data set with a fixed train/test split.
+
+    train_x, test_x: float32 (N, n_features), one flattened sample per row, values in [0, 1].
+    train_y, test_y: int64 (N,), class indices in [0, n_classes).
+    source: where the samples came from (a folder, an archive, or "scikit-learn").
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    n_classes: int
+    source: str
+
+    def __post_init__(self) -> None:
+        # Cheap shape and dtype checks only: every consumer (trainer, rules) relies on them, and a
+        # mistake here would otherwise surface as a confusing matmul error much later.
+        for split in ("train", "test"):
+            inputs, labels = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
+            if inputs.dtype != torch.float32 or inputs.dim() != 2:
+                raise BioPropError(
+                    f"data set {self.name!r}: {split}_x must be a float32 (N, features) tensor, "
+                    f"got {inputs.dtype} with shape {tuple(inputs.shape)}"
+                )
+            if labels.dtype != torch.int64 or labels.dim() != 1 or labels.shape[0] != inputs.shape[0]:
+                raise BioPropError(
+                    f"data set {self.name!r}: {split}_y must be an int64 (N,) tensor matching "
+                    f"{split}_x's {inputs.shape[0]} rows, got {labels.dtype} with shape {tuple(labels.shape)}"
+                )
+        if self.train_x.shape[1] != self.test_x.shape[1]:
+            raise BioPropError(
+                f"data set {self.name!r}: train samples have {self.train_x.shape[1]} features "
+                f"but test samples have {self.test_x.shape[1]}"
+            )
+
+    @property
+    def n_features(self) -> int:
+        return int(self.train_x.shape[1])
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset(name={self.name!r}, train={self.train_x.shape[0]}, test={self.test_x.shape[0]}, "
+            f"n_features={self.n_features}, n_classes={self.n_classes}, source={self.source!r})"
+        )
+
+
+def pixels_to_unit_float(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 images (N, ...) -> float32 (N, prod(...)) in [0, 1].
+
+    Converts in torch, in place after one float32 copy, so a 50000 x 3072 CIFAR split never
+    passes through a float64 array (that would be 1.2 GB instead of 0.6 GB).
+    """
+    flat = np.ascontiguousarray(pixels.reshape(pixels.shape[0], -1))
+    return torch.from_numpy(flat).to(torch.float32).div_(255.0)
+
+
+def labels_to_tensor(labels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(labels, dtype=np.int64).reshape(-1).copy())

@@ -1,0 +1,861 @@
+"""`bioprop train`: train one rule on a data set, optionally beside a twin trained by another.
+
+One run is one folder:
+
+    config.yaml     the fully resolved configuration (reusable with --config) and, under
+                    `resolved`, what it expanded to: layer sizes, every rule option, data set
+                    size and source, versions of bioprop, torch, numpy and Python
+    metrics.jsonl   one JSON object per epoch: epoch, train_loss, train_acc, test_loss, test_acc,
+                    seconds (and compare_* / max_abs_diff / max_rel_diff with --compare)
+    checkpoint.pt   written every epoch: network, rule state, shuffling generator, metrics so far,
+                    config (and the twin's network and rule with --compare)
+    summary.json    written at the end: final and best metrics, times, final twin differences
+
+Every file is written to a temporary file in the run folder and moved into place with
+os.replace, so a crash never leaves a half-written file; the folder itself is only created
+once the configuration, the data and the rules have all been checked.
+
+Reproducibility: the network is drawn from `seed` (``MLP(sizes, seed=seed)`` rebuilds it), the
+batch order from a torch.Generator seeded from `seed` that is shuffled with randperm each epoch
+and checkpointed, and rules that take a `seed` option get `seed` unless --rule-seed is given.
+A seeded CPU run is bit-for-bit reproducible and --resume continues one bit-for-bit; on an
+accelerator training runs under torch.use_deterministic_algorithms(True) (restored afterwards).
+
+--compare RULE trains a twin network, cloned from the same initial weights, with RULE on the
+same batches in the same order, and reports after every epoch the largest absolute difference
+between corresponding parameters (weights and biases) and the largest relative one,
+
+    max_abs_diff = max_l max_ij |W_l - W'_l|_ij,
+    max_rel_diff = max_l max_ij |W_l - W'_l|_ij / max_ij |W'_l|_ij
+
+(relative to each twin tensor's largest magnitude, so zero-initialised biases do not divide by 0).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+import tomllib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from .activations import activation_names, get_activation
+from .errors import BioPropError
+from .losses import loss_names
+from .network import INPUT_MAPS, MLP
+from .rules import RULES, LearningRule, make_rule
+
+Tensor = torch.Tensor
+
+CHECKPOINT_FORMAT = "bioprop-train-checkpoint/1"
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "summary.json")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DEVICES = ("cpu", "cuda", "auto")
+#: Settings that may differ from the stored run on --resume (they do not change the numbers).
+RESUMABLE = frozenset({"epochs", "eval_every", "quiet", "data_dir", "download", "overwrite", "resume", "out"})
+#: Settings that are about this invocation, not about the run; not written to config.yaml.
+OPERATIONAL = ("out", "resume", "overwrite", "quiet")
+_EVAL_CHUNK = 8192
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Keys of config files and of `train(dict)` are
+    these field names (plus rule options, flat or under `rule_options`)."""
+
+    rule: str | None = None
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    hidden: list[int] = field(default_factory=lambda: [64])
+    activation: str = "sigmoid"
+    bias: bool = True
+    input_map: str = "identity"
+    init: str = "xavier"
+    init_scale: float = 1.0
+    loss: str = "mse"
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 0.1
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+    out: str | None = None
+    resume: str | None = None
+    overwrite: bool = False
+    quiet: bool = False
+    compare: str | None = None
+    eval_every: int = 1
+    rule_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+_DEFAULTS = TrainConfig()
+
+_HELP = {
+    "rule": f"learning rule to train with (one of {', '.join(sorted(RULES))})",
+    "dataset": "data set name",
+    "data_dir": "folder holding the data set's files",
+    "download": "download the data set if its files are missing",
+    "hidden": "hidden layer widths, e.g. --hidden 64 64 (none: a linear model)",
+    "activation": f"hidden activation f (one of {', '.join(activation_names())})",
+    "bias": "give every layer a bias",
+    "input_map": f"input as seen by layer 1 (one of {', '.join(INPUT_MAPS)})",
+    "init": "weight initialisation: xavier or uniform",
+    "init_scale": "factor on the initial weights",
+    "loss": f"loss on the linear output (one of {', '.join(loss_names())})",
+    "epochs": "train until this many epochs are done",
+    "batch_size": "training pairs per step (the last, partial batch is kept)",
+    "lr": "learning rate",
+    "seed": "seeds the initial weights, the batch order and the rule's noise",
+    "dtype": "float32 or float64",
+    "device": "cpu, cuda or auto (cuda when available)",
+    "out": "run folder (default runs/RULE[-vs-COMPARE]-DATASET-seedSEED)",
+    "resume": "continue the run in this folder up to --epochs",
+    "overwrite": "replace the run files in a non-empty --out",
+    "quiet": "print nothing but errors",
+    "compare": "also train a twin from the same initial weights with this rule on the same batches",
+    "eval_every": "evaluate on the test set every N epochs (and always after the last)",
+}
+
+
+# -- rule options, found by introspection --------------------------------------------------------
+@dataclass(frozen=True)
+class RuleOption:
+    """One keyword option of one or more rules, as it appears on the command line."""
+
+    name: str  # the keyword make_rule takes
+    dest: str  # the config key / argparse dest (prefixed "rule_" when it clashes with a setting)
+    parse: Callable[[str], Any] | None  # None: a boolean switch
+    rules: tuple[str, ...]
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.dest.replace("_", "-")
+
+
+def rule_parameters(rule: str) -> list[str]:
+    """The options `make_rule(rule, ...)` accepts besides lr and loss."""
+    parameters = inspect.signature(RULES[rule].__init__).parameters
+    return [
+        name
+        for name, p in parameters.items()
+        if name not in ("self", "lr", "loss") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+
+
+def rule_option_specs() -> dict[str, RuleOption]:
+    """Every rule option of every registered rule, by option name."""
+    defaults: dict[str, list[Any]] = {}
+    owners: dict[str, list[str]] = {}
+    for rule in sorted(RULES):
+        parameters = inspect.signature(RULES[rule].__init__).parameters
+        for name in rule_parameters(rule):
+            defaults.setdefault(name, []).append(parameters[name].default)
+            owners.setdefault(name, []).append(rule)
+    reserved = set(FIELDS) | {"config", "resolved"}
+    return {
+        name: RuleOption(
+            name=name,
+            dest=f"rule_{name}" if name in reserved else name,
+            parse=_parser_for(defaults[name]),
+            rules=tuple(owners[name]),
+        )
+        for name in sorted(defaults)
+    }
+
+
+def _parser_for(defaults: list[Any]) -> Callable[[str], Any] | None:
+    kinds = {type(d) for d in defaults}
+    if kinds == {bool}:
+        return None
+    if kinds == {int}:
+        return int
+    if kinds <= {int, float}:
+        return float
+    return parse_scalar
+
+
+def parse_scalar(text: str) -> Any:
+    """A command-line value whose type the rule decides: int if it reads as one, else float,
+    else None for "none", else the string (e.g. --update-at layer, --update-at 3)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return None if text.lower() == "none" else text
+
+
+# -- command line ----------------------------------------------------------------------------
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Flags default to "not given" (argparse.SUPPRESS), so a config file can supply them and the
+    flags that are given override it."""
+    quiet = argparse.SUPPRESS
+
+    def add(name: str, **kwargs) -> None:
+        default = getattr(_DEFAULTS, name)
+        help_text = _HELP[name]
+        if kwargs.get("action") is argparse.BooleanOptionalAction:
+            help_text += f" (default: {'on' if default else 'off'})"
+        elif default is not None and default is not False:
+            shown = " ".join(map(str, default)) if isinstance(default, list) else default
+            help_text += f" (default: {shown})"
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=quiet, help=help_text, **kwargs)
+
+    add("rule", metavar="RULE")
+    add("dataset", metavar="NAME")
+    add("data_dir", metavar="DIR")
+    add("download", action="store_true")
+    add("hidden", nargs="*", type=int, metavar="N")
+    add("activation", metavar="F")
+    add("bias", action=argparse.BooleanOptionalAction)
+    add("input_map", metavar="MAP")
+    add("init", metavar="SCHEME")
+    add("init_scale", type=float, metavar="S")
+    add("loss", metavar="LOSS")
+    add("epochs", type=int, metavar="N")
+    add("batch_size", type=int, metavar="N")
+    add("lr", type=float, metavar="LR")
+    add("seed", type=int, metavar="N")
+    add("dtype", metavar="DTYPE")
+    add("device", metavar="DEVICE")
+    add("out", metavar="DIR")
+    add("resume", metavar="RUN_DIR")
+    add("overwrite", action="store_true")
+    add("quiet", action="store_true")
+    add("compare", metavar="RULE")
+    add("eval_every", type=int, metavar="N")
+    parser.add_argument(
+        "--config", metavar="FILE", default=quiet,
+        help="YAML or TOML file of settings (keys: the flag names with underscores); flags given override it",
+    )
+    group = parser.add_argument_group(
+        "rule options", "passed to the rule only when given; each is accepted by the rules listed"
+    )
+    for option in rule_option_specs().values():
+        help_text = "rules: " + ", ".join(option.rules)
+        if option.parse is None:
+            group.add_argument(option.flag, dest=option.dest, action=argparse.BooleanOptionalAction, default=quiet, help=help_text)
+        else:
+            group.add_argument(option.flag, dest=option.dest, type=option.parse, default=quiet, metavar="VALUE", help=help_text)
+
+
+def run(args: argparse.Namespace) -> int:
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "_run")}
+    train(given, progress=True)
+    return 0
+
+
+# -- configuration ---------------------------------------------------------------------------
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML (.yaml, .yml) or TOML (.toml) file of settings into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise BioPropError(f"--config {path}: file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        elif suffix in (".yaml", ".yml"):
+            with open(path, encoding="utf-8") as handle:
+                data = yaml.safe_load(handle)
+        else:
+            raise BioPropError(f"--config {path}: unknown format {suffix or '(no suffix)'}; use .yaml, .yml or .toml")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise BioPropError(f"--config {path}: cannot parse it ({error})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BioPropError(f"--config {path}: expected a mapping of setting: value at the top level")
+    return data
+
+
+def split_settings(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sort flat settings (config file, train() dict or parsed flags) into TrainConfig fields and
+    rule options. Keys may use dashes or underscores; rule options may be given flat under their
+    flag name or as a `rule_options` mapping; a `resolved` section (config.yaml's) is ignored."""
+    by_dest = {option.dest: option.name for option in rule_option_specs().values()}
+    fields: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name == "resolved":
+            continue
+        if name == "rule_options":
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise BioPropError(f"{source}: rule_options must be a mapping of option: value")
+            for option, option_value in value.items():
+                options[str(option).replace("-", "_")] = option_value
+        elif name in FIELDS:
+            fields[name] = value
+        elif name in by_dest:
+            options[by_dest[name]] = value
+        else:
+            valid = sorted(set(FIELDS) - {"rule_options"} | set(by_dest) | {"rule_options"})
+            raise BioPropError(f"{source}: unknown setting {key!r}; valid settings: {', '.join(valid)}")
+    return fields, options
+
+
+def _given_settings(config: dict | TrainConfig) -> dict[str, Any]:
+    """The settings the caller chose: a dict as given (a `config` key naming a file is read and
+    the dict overrides it), a TrainConfig's fields that differ from the defaults."""
+    if isinstance(config, TrainConfig):
+        given = {k: v for k, v in config.to_dict().items() if v != getattr(_DEFAULTS, k)}
+        return given
+    if not isinstance(config, dict):
+        raise BioPropError(f"config: expected a dict or TrainConfig, got {type(config).__name__}")
+    given = dict(config)
+    file_path = given.pop("config", None)
+    if file_path is None:
+        return given
+    from_file = load_config_file(file_path)
+    file_fields, file_options = split_settings(from_file, f"--config {file_path}")
+    fields, options = split_settings(given, "settings")
+    return {**file_fields, **fields, "rule_options": {**file_options, **options}}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _as_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BioPropError(f"{_flag(name)} {value!r}: give an integer >= {minimum}")
+    return value
+
+
+def _as_float(name: str, value: Any, positive: bool) -> float:
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or (positive and number <= 0):
+        raise BioPropError(f"{_flag(name)} {value!r}: give a finite number" + (" > 0" if positive else ""))
+    return number
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise BioPropError(f"{_flag(name)} {value!r}: give true or false")
+    return value
+
+
+def _as_choice(name: str, value: Any, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise BioPropError(f"{_flag(name)} {value!r}: choose one of {', '.join(sorted(choices))}")
+    return value
+
+
+def _as_optional_str(name: str, value: Any) -> str | None:
+    if value is None or isinstance(value, (str, os.PathLike)):
+        return None if value is None else os.fspath(value)
+    raise BioPropError(f"{_flag(name)} {value!r}: give a path or name")
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """Check every setting and return the config with canonical types (raises BioPropError)."""
+    from .data import dataset_names
+
+    c = dataclasses.replace(config)
+    if c.rule is None:
+        raise BioPropError(f"--rule: required; choose one of {', '.join(sorted(RULES))}")
+    c.rule = _as_choice("rule", c.rule, RULES)
+    if c.compare is not None:
+        c.compare = _as_choice("compare", c.compare, RULES)
+    c.dataset = _as_choice("dataset", c.dataset, dataset_names())
+    c.data_dir = _as_optional_str("data_dir", c.data_dir)
+    c.download = _as_bool("download", c.download)
+    hidden = [c.hidden] if isinstance(c.hidden, int) and not isinstance(c.hidden, bool) else c.hidden
+    if not isinstance(hidden, (list, tuple)):
+        raise BioPropError(f"--hidden {c.hidden!r}: give a list of layer widths, e.g. --hidden 64 64")
+    c.hidden = [_as_int("hidden", n, 1) for n in hidden]
+    try:
+        get_activation(c.activation)
+    except BioPropError:
+        raise BioPropError(f"--activation {c.activation!r}: choose one of {', '.join(activation_names())}") from None
+    c.bias = _as_bool("bias", c.bias)
+    c.input_map = _as_choice("input_map", c.input_map, INPUT_MAPS)
+    c.init = _as_choice("init", c.init, ("xavier", "uniform"))
+    c.init_scale = _as_float("init_scale", c.init_scale, positive=False)
+    c.loss = _as_choice("loss", c.loss, loss_names())
+    c.epochs = _as_int("epochs", c.epochs, 1)
+    c.batch_size = _as_int("batch_size", c.batch_size, 1)
+    c.lr = _as_float("lr", c.lr, positive=True)
+    c.seed = _as_int("seed", c.seed, 0)
+    c.dtype = _as_choice("dtype", c.dtype, DTYPES)
+    c.device = _as_choice("device", c.device, DEVICES)
+    if c.device == "cuda" and not torch.cuda.is_available():
+        raise BioPropError("--device cuda: CUDA is not available here; use --device cpu (or auto)")
+    c.out = _as_optional_str("out", c.out)
+    c.resume = _as_optional_str("resume", c.resume)
+    c.overwrite = _as_bool("overwrite", c.overwrite)
+    c.quiet = _as_bool("quiet", c.quiet)
+    c.eval_every = _as_int("eval_every", c.eval_every, 1)
+    if not isinstance(c.rule_options, dict):
+        raise BioPropError("rule_options: expected a mapping of option: value")
+    specs = rule_option_specs()
+    accepted = rule_parameters(c.rule)
+    for name in c.rule_options:
+        if name not in accepted:
+            flag = specs[name].flag if name in specs else _flag(name)
+            takes = ", ".join(specs[n].flag for n in accepted) or "no options besides --lr and --loss"
+            raise BioPropError(f"{flag}: rule {c.rule!r} does not take this option; it takes {takes}")
+    c.rule_options = dict(c.rule_options)
+    return c
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def default_out(config: TrainConfig) -> str:
+    name = config.rule if config.compare is None else f"{config.rule}-vs-{config.compare}"
+    return os.path.join("runs", f"{name}-{config.dataset}-seed{config.seed}")
+
+
+def rule_keywords(config: TrainConfig, rule: str) -> dict[str, Any]:
+    """make_rule's keywords for `rule`: lr, loss, the user's options that it takes, and the run's
+    seed for a rule that takes one and was not given --rule-seed."""
+    accepted = rule_parameters(rule)
+    options = {k: v for k, v in config.rule_options.items() if k in accepted}
+    if "seed" in accepted and "seed" not in options:
+        options["seed"] = config.seed
+    return {"lr": config.lr, "loss": config.loss, **options}
+
+
+# -- the maths of one epoch (pure functions of their inputs) ---------------------------------
+def weight_difference(net: MLP, twin: MLP) -> tuple[float, float]:
+    """(max absolute, max relative) difference between corresponding parameters; see module doc."""
+    largest_abs, largest_rel = 0.0, 0.0
+    for mine, theirs in zip(net.parameters_list(), twin.parameters_list()):
+        gap = float((mine.detach() - theirs.detach()).abs().max())
+        scale = float(theirs.detach().abs().max())
+        largest_abs = max(largest_abs, gap)
+        largest_rel = max(largest_rel, gap / scale if scale > 0 else (0.0 if gap == 0 else math.inf))
+    return largest_abs, largest_rel
+
+
+def evaluate(net: MLP, loss, x: Tensor, y: Tensor) -> tuple[float, float]:
+    """(mean loss, accuracy) of `net` on labelled data, in no_grad, in chunks of rows."""
+    n_out = net.sizes[-1]
+    total_loss, correct = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, x.shape[0], _EVAL_CHUNK):
+            inputs, labels = x[start:start + _EVAL_CHUNK], y[start:start + _EVAL_CHUNK]
+            output = net(inputs)
+            targets = torch.nn.functional.one_hot(labels, n_out).to(output.dtype)
+            total_loss += float(loss.per_sample(output, targets).sum())
+            correct += int((output.argmax(dim=1) == labels).sum())
+    return total_loss / x.shape[0], correct / x.shape[0]
+
+
+@dataclass
+class Learner:
+    """A network and the rule that trains it, with the running totals of the current epoch."""
+
+    net: MLP
+    rule: LearningRule
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    batches: int = 0
+
+    def step(self, x: Tensor, y: Tensor) -> None:
+        info = self.rule.step(self.net, x, y)
+        self.loss_sum += float(info["loss"])
+        self.correct += int((info["output"].argmax(dim=1) == y).sum())
+        self.seen += y.shape[0]
+        self.batches += 1
+
+    def epoch_metrics(self) -> dict[str, float]:
+        metrics = {"train_loss": self.loss_sum / self.batches, "train_acc": self.correct / self.seen}
+        self.loss_sum, self.correct, self.seen, self.batches = 0.0, 0, 0, 0
+        return metrics
+
+    def state(self) -> dict[str, Any]:
+        # A rule's own noise generators are saved even where its state_dict leaves them out,
+        # so that a resumed noisy rule draws the same numbers as an uninterrupted one.
+        generators = {k: v.get_state() for k, v in vars(self.rule).items() if isinstance(v, torch.Generator)}
+        return {"net": self.net.state_dict(), "rule": self.rule.state_dict(), "rule_generators": generators}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.rule.load_state_dict(state["rule"])
+        for name, generator_state in state["rule_generators"].items():
+            getattr(self.rule, name).set_state(generator_state)
+
+
+# -- files -----------------------------------------------------------------------------------
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
+    """Write a file via a temporary file in the same folder and os.replace (mode as for open())."""
+    handle = tempfile.NamedTemporaryFile(
+        mode="wb" if binary else "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False,
+        **({} if binary else {"encoding": "utf-8"}),
+    )
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(handle.name, 0o666 & ~_UMASK)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def _plain(value: Any) -> Any:
+    """Turn a value into YAML/JSON-safe Python (rule options may hold tuples, tensors, dtypes)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if value is None or isinstance(value, bool):
+        return value
+    for kind in (int, float, str):  # exact builtins: yaml.safe_dump refuses subclasses such as TorchVersion
+        if isinstance(value, kind):
+            return kind(value)
+    return str(value)
+
+
+def _yaml_text(data: dict) -> str:
+    return yaml.safe_dump(_plain(data), sort_keys=False, default_flow_style=None)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    write_atomic(path, lambda h: h.write(json.dumps(_plain(data), indent=2) + "\n"))
+
+
+def _write_metrics(path: Path, records: list[dict]) -> None:
+    write_atomic(path, lambda h: h.writelines(json.dumps(_plain(r)) + "\n" for r in records))
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty folder unless --overwrite; check only, creates nothing."""
+    if out.exists() and not out.is_dir():
+        raise BioPropError(f"--out {out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise BioPropError(
+            f"--out {out}: folder exists and is not empty; pass --overwrite to replace its run files, "
+            f"--resume {out} to continue the run, or choose another --out"
+        )
+
+
+def _clear_run_files(out: Path) -> None:
+    """--overwrite: remove this module's files only (never the whole folder)."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for stale in out.glob(".*.tmp"):
+        if any(stale.name.startswith(f".{name}.") for name in RUN_FILES):
+            stale.unlink(missing_ok=True)
+
+
+# -- the run ---------------------------------------------------------------------------------
+@contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels on accelerators, restored afterwards. CPU kernels are deterministic
+    already for a fixed thread count, and switching the flag costs a second of torch._inductor
+    imports, so CPU runs leave it alone (their bit-for-bit repeatability is tested)."""
+    if device.type == "cpu":
+        yield
+        return
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    # cuBLAS needs CUBLAS_WORKSPACE_CONFIG to be deterministic; warn rather than fail without it.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def _shuffle_seed(seed: int) -> int:
+    """A seed for the batch order independent of the weights' seed (numpy's SeedSequence)."""
+    return int(np.random.SeedSequence([seed, 1]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _versions() -> dict[str, str]:
+    from . import __version__
+
+    return {"bioprop": __version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _load_checkpoint(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "checkpoint.pt"
+    if not path.is_file():
+        what = "folder does not exist" if not run_dir.is_dir() else "no checkpoint.pt in it"
+        raise BioPropError(f"--resume {run_dir}: {what}; give the folder of a run started by `bioprop train`")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file: say which file, not a traceback
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BioPropError(f"--resume {run_dir}: cannot read checkpoint.pt ({reason})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise BioPropError(f"--resume {run_dir}: checkpoint.pt is not a `bioprop train` checkpoint")
+    return checkpoint
+
+
+def _resume_config(given: dict[str, Any], run_dir: Path, checkpoint: dict[str, Any]) -> TrainConfig:
+    """The stored config with the given settings applied; only RESUMABLE ones may change."""
+    stored_fields, stored_options = split_settings(checkpoint["config"], f"--resume {run_dir}")
+    stored = validate(TrainConfig(**{**stored_fields, "rule_options": stored_options}))
+    fields, options = split_settings(given, "settings")
+    requested = validate(dataclasses.replace(stored, **fields, rule_options={**stored.rule_options, **options}))
+    for name in FIELDS:
+        if name not in RESUMABLE and getattr(requested, name) != getattr(stored, name):
+            shown = getattr(stored, name)
+            raise BioPropError(
+                f"{_flag(name) if name != 'rule_options' else 'rule options'}: cannot change when resuming "
+                f"(the run in {run_dir} used {shown!r}); start a new run with --out instead"
+            )
+    if requested.out is not None and Path(requested.out).resolve() != run_dir.resolve():
+        raise BioPropError(f"--out {requested.out}: differs from --resume {run_dir}; give only --resume")
+    return dataclasses.replace(requested, out=str(run_dir), resume=str(run_dir))
+
+
+def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train as configured and return the run's summary (also written to summary.json).
+
+    `config`: a TrainConfig, or a dict of settings (TrainConfig field names; rule options flat
+    by flag name or under "rule_options"; "config": a YAML/TOML file the dict overrides).
+    `progress`: show a progress bar over batches (only on a terminal, never with quiet).
+    """
+    wall_start = time.perf_counter()
+    given = _given_settings(config)
+    fields, options = split_settings(given, "settings")
+
+    if fields.get("resume") is not None:
+        run_dir = Path(os.fspath(fields["resume"]))
+        checkpoint = _load_checkpoint(run_dir)
+        config = _resume_config(given, run_dir, checkpoint)
+        done = int(checkpoint["epoch"])
+        if config.epochs < done:
+            raise BioPropError(f"--epochs {config.epochs}: the run in {run_dir} has already trained {done} epochs")
+    else:
+        checkpoint, done = None, 0
+        config = validate(TrainConfig(**{**fields, "rule_options": options}))
+        if config.out is None:
+            config.out = default_out(config)
+        _prepare_out(Path(config.out), config.overwrite)
+    out = Path(config.out)
+    say = (lambda *a: None) if config.quiet else (lambda text: print(text, flush=True))
+
+    from .data import load_dataset
+
+    dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+    device = resolve_device(config.device)
+    dtype = DTYPES[config.dtype]
+    sizes = [int(dataset.n_features), *config.hidden, int(dataset.n_classes)]
+    net = MLP(
+        sizes, activation=config.activation, bias=config.bias, input_map=config.input_map,
+        init=config.init, init_scale=config.init_scale, dtype=dtype, device=device, seed=config.seed,
+    )
+    learner = Learner(net, make_rule(config.rule, **rule_keywords(config, config.rule)))
+    twin = None
+    if config.compare is not None:
+        twin = Learner(net.clone(), make_rule(config.compare, **rule_keywords(config, config.compare)))
+    shuffle = torch.Generator().manual_seed(_shuffle_seed(config.seed))
+    records: list[dict[str, Any]] = []
+    if checkpoint is not None:
+        learner.load_state(checkpoint["learner"])
+        if twin is not None:
+            twin.load_state(checkpoint["twin"])
+        shuffle.set_state(checkpoint["shuffle"])
+        records = list(checkpoint["metrics"])
+
+    stored_config = {k: v for k, v in config.to_dict().items() if k not in OPERATIONAL}
+    resolved = {
+        "out": str(out),
+        "sizes": sizes,
+        "device": str(device),
+        "rule": learner.rule.options(),
+        "compare_rule": twin.rule.options() if twin is not None else None,
+        "data": {"n_train": int(dataset.train_y.shape[0]), "n_test": int(dataset.test_y.shape[0]),
+                 "n_features": int(dataset.n_features), "n_classes": int(dataset.n_classes),
+                 "source": str(getattr(dataset, "source", ""))},
+        "versions": _versions(),
+    }
+
+    if checkpoint is not None and done == config.epochs:
+        try:
+            summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # stopped between the last checkpoint and the summary
+            summary = _summary(config, records, out, wall_start, learner, twin)
+            _write_json(out / "summary.json", summary)
+        say(f"run {out} already finished {done} of {config.epochs} epochs; nothing to do "
+            f"(pass a larger --epochs to train further)")
+        return summary
+
+    config_text = _yaml_text({**stored_config, "resolved": resolved})
+    # Everything is checked: only now does the run folder appear.
+    out.mkdir(parents=True, exist_ok=True)
+    if checkpoint is None and config.overwrite:
+        _clear_run_files(out)
+    write_atomic(out / "config.yaml", lambda h: h.write(config_text))
+
+    train_x = dataset.train_x.to(device=device, dtype=dtype)
+    train_y = dataset.train_y.to(device=device, dtype=torch.long)
+    test_x = dataset.test_x.to(device=device, dtype=dtype)
+    test_y = dataset.test_y.to(device=device, dtype=torch.long)
+    n_train = train_x.shape[0]
+
+    versus = f" (twin: {config.compare})" if twin is not None else ""
+    verb = f"resuming {config.rule}{versus} at epoch {done + 1}" if done else f"training {config.rule}{versus}"
+    say(f"{verb} on {config.dataset} ({n_train} train, {test_x.shape[0]} test), "
+        f"sizes {sizes}, {config.dtype} on {device}, into {out}")
+
+    with _deterministic(device):
+        for epoch in range(done + 1, config.epochs + 1):
+            epoch_start = time.perf_counter()
+            order = torch.randperm(n_train, generator=shuffle).to(device)
+            batches = order.split(config.batch_size)
+            bar = tqdm(
+                batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False, file=sys.stderr,
+                disable=True if (config.quiet or not progress) else None,
+            )
+            for index in bar:
+                x, y = train_x[index], train_y[index]
+                learner.step(x, y)
+                if twin is not None:
+                    twin.step(x, y)
+            bar.close()
+            record: dict[str, Any] = {"epoch": epoch, **learner.epoch_metrics()}
+            evaluate_now = epoch % config.eval_every == 0 or epoch == config.epochs
+            test_loss, test_acc = evaluate(learner.net, learner.rule.loss, test_x, test_y) if evaluate_now else (None, None)
+            record.update(test_loss=test_loss, test_acc=test_acc)
+            if twin is not None:
+                record.update({f"compare_{k}": v for k, v in twin.epoch_metrics().items()})
+                twin_loss, twin_acc = evaluate(twin.net, twin.rule.loss, test_x, test_y) if evaluate_now else (None, None)
+                record.update(compare_test_loss=twin_loss, compare_test_acc=twin_acc)
+                record["max_abs_diff"], record["max_rel_diff"] = weight_difference(learner.net, twin.net)
+            record["seconds"] = time.perf_counter() - epoch_start
+            records.append(record)
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "epoch": epoch,
+                "config": _plain(stored_config),
+                "learner": learner.state(),
+                "twin": twin.state() if twin is not None else None,
+                "shuffle": shuffle.get_state(),
+                "metrics": records,
+                "versions": _plain(_versions()),
+            }
+            write_atomic(out / "checkpoint.pt", lambda h: torch.save(state, h), binary=True)
+            _write_metrics(out / "metrics.jsonl", records)
+            say(_epoch_line(record, config))
+
+    summary = _summary(config, records, out, wall_start, learner, twin)
+    _write_json(out / "summary.json", summary)
+    say(_summary_line(summary))
+    return summary
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _epoch_line(r: dict[str, Any], config: TrainConfig) -> str:
+    line = (f"epoch {r['epoch']}/{config.epochs}  {config.rule}: train loss {r['train_loss']:.4g} acc {r['train_acc']:.4f}"
+            f"  test loss {_fmt(r['test_loss'], '.4g')} acc {_fmt(r['test_acc'], '.4f')}")
+    if "max_abs_diff" in r:
+        line += (f" | {config.compare}: train loss {r['compare_train_loss']:.4g} acc {r['compare_train_acc']:.4f}"
+                 f"  test loss {_fmt(r['compare_test_loss'], '.4g')} acc {_fmt(r['compare_test_acc'], '.4f')}"
+                 f" | max|dW| {r['max_abs_diff']:.3g} (rel {r['max_rel_diff']:.3g})")
+    return line + f"  [{r['seconds']:.1f}s]"
+
+
+def _best(records: list[dict], key: str) -> tuple[float | None, int | None]:
+    scored = [(r[key], r["epoch"]) for r in records if r.get(key) is not None]
+    if not scored:
+        return None, None
+    best = max(score for score, _ in scored)
+    return best, next(epoch for score, epoch in scored if score == best)
+
+
+def _summary(config: TrainConfig, records: list[dict], out: Path, wall_start: float,
+             learner: Learner, twin: Learner | None) -> dict[str, Any]:
+    final = records[-1]
+    best_acc, best_epoch = _best(records, "test_acc")
+    summary: dict[str, Any] = {
+        "run_dir": str(out),
+        "rule": config.rule,
+        "dataset": config.dataset,
+        "epochs": final["epoch"],
+        "final": {k: final[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
+        "best_test_acc": best_acc,
+        "best_epoch": best_epoch,
+        "train_seconds": sum(r["seconds"] for r in records),
+        "wall_seconds": time.perf_counter() - wall_start,
+    }
+    if twin is not None:
+        twin_best, twin_best_epoch = _best(records, "compare_test_acc")
+        max_abs, max_rel = weight_difference(learner.net, twin.net)
+        summary["compare"] = {
+            "rule": config.compare,
+            "final": {k: final[f"compare_{k}"] for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
+            "best_test_acc": twin_best,
+            "best_epoch": twin_best_epoch,
+            "max_abs_diff": max_abs,
+            "max_rel_diff": max_rel,
+            "test_acc_equal": final["test_acc"] == final["compare_test_acc"],
+        }
+    return summary
+
+
+def _summary_line(summary: dict[str, Any]) -> str:
+    final = summary["final"]
+    line = (f"done: {summary['rule']} test acc {final['test_acc']:.4f} (best {summary['best_test_acc']:.4f} "
+            f"at epoch {summary['best_epoch']})")
+    if "compare" in summary:
+        c = summary["compare"]
+        line += (f"; {c['rule']} test acc {c['final']['test_acc']:.4f}; max weight difference "
+                 f"{c['max_abs_diff']:.3g} (rel {c['max_rel_diff']:.3g}); test accuracies "
+                 f"{'equal' if c['test_acc_equal'] else 'differ'}")
+    return line + f"; {summary['wall_seconds']:.1f}s -> {summary['run_dir']}"
+
+
+__all__ = [
+    "TrainConfig",
+    "configure_parser",
+    "evaluate",
+    "load_config_file",
+    "rule_option_specs",
+    "run",
+    "train",
+    "validate",
+    "weight_difference",
+]
