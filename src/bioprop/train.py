@@ -82,12 +82,12 @@ class TrainConfig:
     data_dir: str | None = None
     download: bool = False
     hidden: list[int] = field(default_factory=lambda: [64])
-    activation: str = "sigmoid"
+    activation: str = "tanh"
     bias: bool = True
     input_map: str = "identity"
     init: str = "xavier"
     init_scale: float = 1.0
-    loss: str = "mse"
+    loss: str = "ce"
     epochs: int = 10
     batch_size: int = 16
     lr: float = 0.1
@@ -312,7 +312,7 @@ def split_settings(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], di
         elif name in by_dest:
             options[by_dest[name]] = value
         else:
-            valid = sorted(set(FIELDS) - {"rule_options"} | set(by_dest) | {"rule_options"})
+            valid = sorted(set(FIELDS) | set(by_dest))
             raise BioPropError(f"{source}: unknown setting {key!r}; valid settings: {', '.join(valid)}")
     return fields, options
 
@@ -321,8 +321,7 @@ def _given_settings(config: dict | TrainConfig) -> dict[str, Any]:
     """The settings the caller chose: a dict as given (a `config` key naming a file is read and
     the dict overrides it), a TrainConfig's fields that differ from the defaults."""
     if isinstance(config, TrainConfig):
-        given = {k: v for k, v in config.to_dict().items() if v != getattr(_DEFAULTS, k)}
-        return given
+        return {k: v for k, v in config.to_dict().items() if v != getattr(_DEFAULTS, k)}
     if not isinstance(config, dict):
         raise BioPropError(f"config: expected a dict or TrainConfig, got {type(config).__name__}")
     given = dict(config)
@@ -373,8 +372,10 @@ def _as_choice(name: str, value: Any, choices) -> str:
 
 
 def _as_optional_str(name: str, value: Any) -> str | None:
-    if value is None or isinstance(value, (str, os.PathLike)):
-        return None if value is None else os.fspath(value)
+    if value is None:
+        return None
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
     raise BioPropError(f"{_flag(name)} {value!r}: give a path or name")
 
 

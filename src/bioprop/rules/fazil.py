@@ -27,6 +27,15 @@ paper), so Fa-Z-IL performs Z-IL's updates exactly at Z-IL's times: **exactness*
 autograd is tested in float64. When BP's delta of a neuron is exactly 0 the detection misses,
 which is harmless (the update would be 0).
 
+Mini-batches (nothing in the paper covers them): a batch of B pairs is B copies of the
+circuit sharing one set of synapses. With batch_plasticity="pooled" (the default for B > 1)
+each copy's gated changes are summed over the presentation and written to the shared
+synapses when it ends, as mini-batch SGD does. With "immediate" (Algorithm 2 literally; the
+default for B = 1) a change is written the moment phi fires, so copies see each other's
+changes during the presentation: with ReLU a neuron whose BP delta is exactly 0 can then
+see its feedback move one step late, when another copy's update changed the layer above,
+and fire spuriously (measured in tests/test_fazil.py). "auto" picks between them by B.
+
 `step(net, x, y)` presents one batch whose prediction phase has converged (C1 holds and every
 error node has been at rest for at least t_d steps) and runs n_steps steps (default L, the
 time the feedback front needs to reach layer 1). `stream(net, inputs, targets)` is the
@@ -46,7 +55,9 @@ from .predictive_coding import (
     FreeOutput,
     PCState,
     ValueClamp,
+    add_changes,
     advance,
+    apply_changes,
     clamp_output,
     feedforward_state,
     make_teacher,
@@ -183,6 +194,7 @@ class FullyAutonomousZIL(LearningRule):
         gamma=1.0,
         change_tol=None,
         init_noise=0.0,
+        batch_plasticity="auto",
         seed=0,
     ):
         super().__init__(lr, loss)
@@ -191,8 +203,14 @@ class FullyAutonomousZIL(LearningRule):
         self.gamma = check_positive("gamma", gamma)
         self.change_tol = None if change_tol is None else check_positive("change_tol", change_tol, allow_zero=True)
         self.init_noise = check_positive("init_noise", init_noise, allow_zero=True)
+        if batch_plasticity not in ("auto", "pooled", "immediate"):
+            raise BioPropError(f"batch_plasticity={batch_plasticity!r}: choose 'auto', 'pooled' or 'immediate'")
+        self.batch_plasticity = batch_plasticity
         self.seed = seed
         self._noise = torch.Generator().manual_seed(seed)
+
+    def _pooled(self, batch: int) -> bool:
+        return self.batch_plasticity == "pooled" or (self.batch_plasticity == "auto" and batch > 1)
 
     def options(self):
         return {
@@ -202,6 +220,7 @@ class FullyAutonomousZIL(LearningRule):
             "gamma": self.gamma,
             "change_tol": self.change_tol,
             "init_noise": self.init_noise,
+            "batch_plasticity": self.batch_plasticity,
             "seed": self.seed,
         }
 
@@ -230,7 +249,10 @@ class FullyAutonomousZIL(LearningRule):
         tally = DetectionTally(net.n_layers)
         gate = self._gate(detector, tally, phase_step=lambda t: t)
         n_steps = self.n_steps or net.n_layers
-        result = simulate(net, state, teacher, gamma=self.gamma, n_steps=n_steps, lr=self.lr, gate=gate, record=trace)
+        result = simulate(
+            net, state, teacher, gamma=self.gamma, n_steps=n_steps, lr=self.lr, gate=gate, record=trace,
+            pool_changes=self._pooled(x.shape[0]),
+        )
         tally.close_presentation()
         info = {"loss": loss_value, "output": output, "n_inference_steps": n_steps - 1, "detection": tally.summary()}
         if trace:
@@ -272,8 +294,10 @@ class FullyAutonomousZIL(LearningRule):
         free = FreeOutput()
         state = None
         losses, prediction_lengths, unconverged = [], [], 0
+        pooled = self._pooled(batch_size)
         with torch.no_grad():
             for p in range(n_presentations):
+                changes: list = [None] * net.n_layers
                 chunk = slice(p * batch_size, (p + 1) * batch_size)
                 input_rates = net.input_rates(inputs[chunk])
                 if state is None:  # the stream starts at rest on its first input
@@ -282,7 +306,10 @@ class FullyAutonomousZIL(LearningRule):
                 phase["learning"] = False
                 steps, stationary_for = 0, -1
                 while steps < max_prediction_steps and stationary_for < hold_steps:
-                    new_state, _, _ = advance(net, state, free, t=steps, gamma=self.gamma, lr=self.lr, gate=gate, output_free=True)
+                    new_state, _, step_changes = advance(
+                        net, state, free, t=steps, gamma=self.gamma, lr=self.lr, gate=gate, output_free=True, apply=not pooled
+                    )
+                    changes = add_changes(changes, step_changes)
                     still = all(
                         bool(((a - b).abs() <= detector.change_tol * (1 + b.abs())).all())
                         for a, b in zip(new_state.value_nodes, state.value_nodes)
@@ -300,7 +327,12 @@ class FullyAutonomousZIL(LearningRule):
                     state = clamp_output(state, teacher)
                 phase["learning"] = True
                 for t in range(learning_steps):
-                    state, _, _ = advance(net, state, teacher, t=t, gamma=self.gamma, lr=self.lr, gate=gate, output_free=False)
+                    state, _, step_changes = advance(
+                        net, state, teacher, t=t, gamma=self.gamma, lr=self.lr, gate=gate, output_free=False, apply=not pooled
+                    )
+                    changes = add_changes(changes, step_changes)
+                if pooled:
+                    apply_changes(net, changes)
                 tally.close_presentation()
         return {
             "presentations": n_presentations,

@@ -142,11 +142,12 @@ def advance(
     gate: PlasticityGate,
     output_free: bool,
     infer: bool = True,
+    apply: bool = True,
 ) -> tuple[PCState, list[Tensor], list]:
     """One time step t: errors from the state; weight changes where `gate` says; x(t+1).
 
     Returns the new state (the same one if infer=False), the errors at t and the per-layer
-    changes that were applied (None where the layer did not learn).
+    changes (None where the layer did not learn), applied to the net unless apply=False.
     """
     rates = rates_of(net, state)
     predictions = predictions_of(net, rates)
@@ -158,6 +159,13 @@ def advance(
     ]
     if infer:
         state = inference_step(net, state, errors, gamma, output_free)
+    if apply:
+        apply_changes(net, changes)
+    return state, errors, changes
+
+
+def apply_changes(net: MLP, changes: list) -> None:
+    """Write per-layer (weight change, bias change) pairs into the net; None = no change."""
     weights, biases = net.weights, net.biases
     for layer, change in enumerate(changes):
         if change is None:
@@ -165,7 +173,14 @@ def advance(
         weights[layer].add_(change[0])
         if biases is not None:
             biases[layer].add_(change[1])
-    return state, errors, changes
+
+
+def add_changes(total: list, changes: list) -> list:
+    """Accumulate per-layer changes (for plasticity pooled over a presentation)."""
+    return [
+        b if a is None else a if b is None else (a[0] + b[0], a[1] + b[1])
+        for a, b in zip(total, changes)
+    ]
 
 
 def simulate(
@@ -178,24 +193,32 @@ def simulate(
     lr: float,
     gate: PlasticityGate,
     record: bool = False,
+    pool_changes: bool = False,
 ) -> DynamicsResult:
     """Run t = 0 .. n_steps-1 of inference with plasticity, updating `net` in place.
 
     The teacher is on throughout (a FreeOutput teacher gives the prediction phase). No
-    inference step follows the last t: nothing after it could change a weight.
+    inference step follows the last t: nothing after it could change a weight. With
+    pool_changes the weight changes are summed and written once, after the last step.
     """
     output_free = isinstance(teacher, FreeOutput)
     if isinstance(teacher, ValueClamp):
         state = clamp_output(state, teacher)
     trace: list[dict] = []
     errors: list[Tensor] = []
+    pooled: list = [None] * net.n_layers
     for t in range(n_steps):
         before = state
         state, errors, changes = advance(
-            net, state, teacher, t=t, gamma=gamma, lr=lr, gate=gate, output_free=output_free, infer=t < n_steps - 1
+            net, state, teacher, t=t, gamma=gamma, lr=lr, gate=gate, output_free=output_free,
+            infer=t < n_steps - 1, apply=not pool_changes,
         )
+        if pool_changes:
+            pooled = add_changes(pooled, changes)
         if record:
             trace.append(trace_entry(t, before, errors, changes))
+    if pool_changes:
+        apply_changes(net, pooled)
     return DynamicsResult(state, trace, errors)
 
 

@@ -1,0 +1,265 @@
+"""`bioprop verify`: hold a rule to the autograd BP oracle, layer by layer.
+
+Both start from the same weights and take the same training steps on the same batch (or
+sequence of batches); we compare the total weight change of each parameter,
+
+    abs  = max_ij |dW_rule - dW_bp|,   rel = ||dW_rule - dW_bp||_F / ||dW_bp||_F,
+    cos  = <dW_rule, dW_bp> / (||dW_rule|| ||dW_bp||),
+
+in float64 and in float32 (if float64 shrinks the difference, float32's was round-off). A
+rule that claims exactness passes when every float64 rel <= tolerance (1e-10). Negative
+controls break one of its conditions on purpose and must *fail* the same check; a control
+that passes means the check cannot see a broken rule, and verify fails. Approximate rules
+(IL) get the figures (cos, rel) without a verdict.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .errors import BioPropError
+from .network import MLP
+from .rules import make_rule
+
+EXACT_TOLERANCE = 1e-10
+
+#: rule -> [(label, options that break one condition)]
+NEGATIVE_CONTROLS = {
+    "zil": [
+        ("C3 broken: gamma=0.99999", {"gamma": 0.99999}),
+        ("C2 broken: all layers updated at t=1", {"update_at": 1}),
+        ("C1 broken: noisy start, sigma=1e-3", {"init_noise": 1e-3}),
+    ],
+    "fazil": [
+        ("C3 broken: gamma=0.99999", {"gamma": 0.99999}),
+        ("C1 broken: noisy start, sigma=1e-3", {"init_noise": 1e-3}),
+    ],
+}
+
+
+@dataclass
+class LayerComparison:
+    parameter: str
+    max_abs: float
+    rel: float
+    cos: float
+
+
+@dataclass
+class Comparison:
+    dtype: str
+    layers: list[LayerComparison]
+
+    @property
+    def max_rel(self) -> float:
+        return max(layer.rel for layer in self.layers)
+
+    @property
+    def min_cos(self) -> float:
+        return min(layer.cos for layer in self.layers)
+
+
+@dataclass
+class VerifyReport:
+    rule: str
+    options: dict
+    setup: dict
+    claims_exactness: bool
+    comparisons: list[Comparison]
+    controls: list[dict] = field(default_factory=list)
+
+    @property
+    def exact(self) -> bool:
+        float64 = [c for c in self.comparisons if c.dtype == "float64"]
+        return bool(float64) and all(c.max_rel <= EXACT_TOLERANCE for c in float64)
+
+    @property
+    def passed(self) -> bool:
+        if not self.claims_exactness:
+            return True
+        return self.exact and all(control["diverges"] for control in self.controls)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.update(exact=self.exact, passed=self.passed)
+        return data
+
+
+def _parameter_names(net: MLP) -> list[str]:
+    names = [f"W{l}" for l in range(1, net.n_layers + 1)]
+    if net.has_bias:
+        names += [f"b{l}" for l in range(1, net.n_layers + 1)]
+    return names
+
+
+def make_batch(sizes, loss: str, batch: int, seed: int, dtype=torch.float64):
+    """A reproducible random batch: Gaussian inputs; Gaussian targets (mse) or one-hot labels (ce)."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(batch, sizes[0], generator=generator, dtype=torch.float64)
+    if loss == "ce":
+        labels = torch.randint(0, sizes[-1], (batch,), generator=generator)
+        y = torch.nn.functional.one_hot(labels, sizes[-1]).to(torch.float64)
+    else:
+        y = torch.randn(batch, sizes[-1], generator=generator, dtype=torch.float64)
+    return x.to(dtype), y.to(dtype)
+
+
+def compare_updates(
+    rule_name: str,
+    rule_options: dict,
+    sizes,
+    activation="sigmoid",
+    bias=True,
+    loss="mse",
+    batch=32,
+    seed=0,
+    steps=1,
+    lr=0.1,
+    input_map="identity",
+    dtype=torch.float64,
+) -> Comparison:
+    """Train a rule and BP side by side from one initialisation; compare their weight changes."""
+    net = MLP(sizes, activation=activation, bias=bias, input_map=input_map, dtype=dtype, seed=seed)
+    oracle_net = net.clone()
+    x, y = make_batch(sizes, loss, batch, seed, dtype)
+    rule = make_rule(rule_name, lr=lr, loss=loss, **rule_options)
+    oracle = make_rule("bp", lr=lr, loss=loss)
+    start = [p.detach().clone() for p in net.parameters_list()]
+    for _ in range(steps):
+        rule.step(net, x, y)
+        oracle.step(oracle_net, x, y)
+    layers = []
+    for name, p0, p_rule, p_bp in zip(_parameter_names(net), start, net.parameters_list(), oracle_net.parameters_list()):
+        d_rule = (p_rule.detach() - p0).double()
+        d_bp = (p_bp.detach() - p0).double()
+        diff = d_rule - d_bp
+        norm_bp, norm_rule = d_bp.norm(), d_rule.norm()
+        rel = float(diff.norm() / norm_bp) if norm_bp > 0 else (0.0 if diff.norm() == 0 else math.inf)
+        cos = float((d_rule * d_bp).sum() / (norm_rule * norm_bp)) if norm_rule > 0 and norm_bp > 0 else float(norm_rule == norm_bp)
+        layers.append(LayerComparison(name, float(diff.abs().max()), rel, cos))
+    return Comparison(str(dtype).replace("torch.", ""), layers)
+
+
+def verify_rule(
+    rule_name: str,
+    rule_options: dict | None = None,
+    sizes=(20, 16, 12, 10),
+    activation="sigmoid",
+    bias=True,
+    loss="mse",
+    batch=32,
+    seed=0,
+    steps=1,
+    lr=0.1,
+    input_map="identity",
+    controls=True,
+) -> VerifyReport:
+    """Compare `rule_name` with BP in float64 and float32; run its negative controls."""
+    rule_options = dict(rule_options or {})
+    sizes = list(sizes)
+    probe = make_rule(rule_name, lr=lr, loss=loss, **rule_options)  # validates the options
+    setup = dict(sizes=sizes, activation=activation, bias=bias, loss=loss, batch=batch, seed=seed, steps=steps, lr=lr, input_map=input_map)
+    common = dict(sizes=sizes, activation=activation, bias=bias, loss=loss, batch=batch, seed=seed, steps=steps, lr=lr, input_map=input_map)
+    comparisons = [compare_updates(rule_name, rule_options, dtype=dtype, **common) for dtype in (torch.float64, torch.float32)]
+    report = VerifyReport(rule_name, probe.options(), setup, bool(probe.claims_exactness), comparisons)
+    if controls and report.claims_exactness:
+        for label, broken in NEGATIVE_CONTROLS.get(rule_name, []):
+            result = compare_updates(rule_name, {**rule_options, **broken}, dtype=torch.float64, **common)
+            report.controls.append(
+                {"control": label, "options": broken, "max_rel": result.max_rel, "diverges": result.max_rel > EXACT_TOLERANCE}
+            )
+    return report
+
+
+def format_report(report: VerifyReport) -> str:
+    s = report.setup
+    lines = [
+        f"rule {report.rule} vs bp (autograd SGD), same initial weights and batch",
+        f"  sizes {s['sizes']}, {s['activation']}, bias={s['bias']}, loss={s['loss']}, batch {s['batch']}, "
+        f"{s['steps']} step(s), lr {s['lr']}, seed {s['seed']}, input_map={s['input_map']}",
+        f"  options: {report.options}",
+        "",
+        f"  {'param':<6}" + "".join(f"{c.dtype + ' max|d|':>18}{'rel':>11}{'cos':>12}" for c in report.comparisons),
+    ]
+    for index, name in enumerate(c.parameter for c in report.comparisons[0].layers):
+        row = f"  {name:<6}"
+        for comparison in report.comparisons:
+            layer = comparison.layers[index]
+            row += f"{layer.max_abs:>18.3e}{layer.rel:>11.2e}{layer.cos:>12.8f}"
+        lines.append(row)
+    lines.append("")
+    float64 = next(c for c in report.comparisons if c.dtype == "float64")
+    if report.claims_exactness:
+        verdict = "EXACT" if report.exact else "NOT EXACT"
+        lines.append(f"  verdict: {verdict} (float64 max rel {float64.max_rel:.2e}, tolerance {EXACT_TOLERANCE:.0e})")
+        if report.controls:
+            lines.append("  negative controls (each must diverge):")
+            for control in report.controls:
+                mark = "diverges" if control["diverges"] else "DOES NOT DIVERGE: the check is blind"
+                lines.append(f"    {control['control']:<42} max rel {control['max_rel']:.2e}  {mark}")
+    else:
+        lines.append(
+            f"  approximate rule (no exactness claim): float64 max rel {float64.max_rel:.3e}, min cos {float64.min_cos:.6f}"
+        )
+    lines.append(f"  result: {'PASS' if report.passed else 'FAIL'}")
+    return "\n".join(lines)
+
+
+# -- command line -----------------------------------------------------------------------------
+def parse_rule_options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise BioPropError(f"--option {pair!r}: write it as NAME=VALUE, e.g. --option gamma=0.5")
+        key, value = pair.split("=", 1)
+        options[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    return options
+
+
+def _parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def configure_parser(parser) -> None:
+    parser.add_argument("--rule", required=True, help="rule to check (e.g. zil, fazil, il)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20, 16, 12, 10], help="layer widths, input first")
+    parser.add_argument("--activation", default="sigmoid")
+    parser.add_argument("--no-bias", dest="bias", action="store_false", help="layers without biases")
+    parser.add_argument("--loss", default="mse", choices=["mse", "ce"])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=1, help="training steps taken by both before comparing")
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--input-map", default="identity", choices=["identity", "activation"])
+    parser.add_argument("--option", action="append", metavar="NAME=VALUE", help="a rule option (repeatable), e.g. --option gamma=0.5")
+    parser.add_argument("--no-controls", dest="controls", action="store_false", help="skip the negative controls")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run(args) -> int:
+    if args.batch < 1 or args.steps < 1:
+        raise BioPropError("--batch and --steps must be >= 1")
+    report = verify_rule(
+        args.rule,
+        parse_rule_options(args.option),
+        sizes=args.sizes,
+        activation=args.activation,
+        bias=args.bias,
+        loss=args.loss,
+        batch=args.batch,
+        seed=args.seed,
+        steps=args.steps,
+        lr=args.lr,
+        input_map=args.input_map,
+        controls=args.controls,
+    )
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 0 if report.passed else 1
