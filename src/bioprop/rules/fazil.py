@@ -243,7 +243,7 @@ class FullyAutonomousZIL(LearningRule):
         state = feedforward_state(net, x)
         output = state.value_nodes[-1]
         loss_value = float(self.loss(output, y))
-        teacher = make_teacher(self.loss, y, output)
+        teacher = make_teacher(self.loss, y)
         state = noisy_start(state, self.init_noise, self._noise)
         detector = ChangeDetector(self.t_d, self._resolution(net))
         tally = DetectionTally(net.n_layers)
@@ -322,7 +322,7 @@ class FullyAutonomousZIL(LearningRule):
                 prediction_lengths.append(steps)
                 output = state.value_nodes[-1]
                 losses.append(float(self.loss(output, targets[chunk])))
-                teacher = make_teacher(self.loss, targets[chunk], output)
+                teacher = make_teacher(self.loss, targets[chunk])
                 if isinstance(teacher, ValueClamp):
                     state = clamp_output(state, teacher)
                 phase["learning"] = True

@@ -42,7 +42,7 @@ class InferenceLearning(LearningRule):
         state = feedforward_state(net, x)
         output = state.value_nodes[-1]
         loss_value = float(self.loss(output, y))
-        teacher = make_teacher(self.loss, y, output)
+        teacher = make_teacher(self.loss, y)
         state = noisy_start(state, self.init_noise, self._noise)
         t_c, n_layers = self.n_steps, net.n_layers
 

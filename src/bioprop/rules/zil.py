@@ -114,7 +114,7 @@ class ZeroDivergenceIL(LearningRule):
         state = feedforward_state(net, x)
         output = state.value_nodes[-1]
         loss_value = float(self.loss(output, y))
-        teacher = make_teacher(self.loss, y, output)
+        teacher = make_teacher(self.loss, y)
         state = noisy_start(state, self.init_noise, self._noise)
         n_layers = net.n_layers
         if self.update_at == "layer":
