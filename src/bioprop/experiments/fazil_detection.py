@@ -43,6 +43,7 @@ def detection_table(
     seeds=(0,),
     hold_steps=16,
     learning_steps=None,
+    max_prediction_steps=300,
 ) -> list[dict]:
     """One row per t_d: success rates (mean and spread over seeds) and distance to BP."""
     data = load_dataset(dataset, data_dir=data_dir)
@@ -59,7 +60,10 @@ def detection_table(
             oracle_net = net.clone()
             rule = make_rule("fazil", lr=lr, loss=loss, t_d=t_d)
             started = time.perf_counter()
-            result = rule.stream(net, inputs, labels, batch_size=streams, hold_steps=hold_steps, learning_steps=learning_steps)
+            result = rule.stream(
+                net, inputs, labels, batch_size=streams, hold_steps=hold_steps, learning_steps=learning_steps,
+                max_prediction_steps=max_prediction_steps,
+            )
             seconds = time.perf_counter() - started
             oracle = make_rule("bp", lr=lr, loss=loss)
             used = result["pairs"]
@@ -115,6 +119,8 @@ def configure_parser(parser) -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--hold-steps", type=int, default=16, help="steps the input is held after the prediction phase is stationary")
+    parser.add_argument("--max-prediction-steps", type=int, default=300,
+                        help="the teacher comes after this many steps even if the prediction phase has not settled")
     parser.add_argument("--out", default=None, help="write the table as CSV (and .json beside it)")
 
 
@@ -128,7 +134,7 @@ def run(args) -> int:
     )
     rows = detection_table(
         args.t_d, args.dataset, args.data_dir, args.hidden, args.activation, args.loss, args.pairs, args.streams, args.lr,
-        args.seeds, args.hold_steps,
+        args.seeds, args.hold_steps, max_prediction_steps=args.max_prediction_steps,
     )
     print(format_table(rows))
     if args.out:
