@@ -105,9 +105,9 @@ def test_oracle_matches_finite_differences():
             for i in range(flat.numel()):
                 original = flat[i].item()
                 flat[i] = original + h
-                up = float(loss(net(x), y))
+                up = float(loss(net(x), y).detach())
                 flat[i] = original - h
-                down = float(loss(net(x), y))
+                down = float(loss(net(x), y).detach())
                 flat[i] = original
                 numeric.view(-1)[i] = (up - down) / (2 * h)
             assert relative_difference(autograd_gradient, numeric) < 1e-7
