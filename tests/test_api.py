@@ -81,6 +81,34 @@ def test_verify_command_exit_codes(capsys, monkeypatch):
     assert main(["verify", "--rule", "pretend"]) == 1
     assert "NOT EXACT" in capsys.readouterr().out
     assert main(["verify", "--rule", "nope"]) == 2
+    assert main(["verify", "--rule", "bp"]) == 2  # the oracle is not verified against itself
+    assert main(["verify", "--rule", "zil", "--option", "dynamics=front"]) == 0  # controls still run
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["benchmark", "--repeats", "0"],
+        ["benchmark", "--device", "foo"],
+        ["benchmark", "--rules", "nope"],
+        ["benchmark", "--sizes", "4"],
+        ["fazil-detection", "--pairs", "0"],
+        ["reproduce", "song2020-ablation", "--dataset", "nope"],
+    ],
+)
+def test_bad_command_lines_exit_2(argv, capsys):
+    assert main(argv) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_il_fixed_cross_entropy_clamp_is_available():
+    # the SPEC's letter (error held at its feed-forward value) differs from our moving teacher
+    x, y = torch.rand(4, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 1])
+    nets = {}
+    for teacher in ("moving", "fixed"):
+        nets[teacher] = bioprop.MLP([6, 5, 5, 3], activation="tanh", dtype=torch.float64, seed=0)
+        bioprop.make_rule("il", lr=0.1, loss="ce", ce_teacher=teacher).step(nets[teacher], x, y)
+    assert not torch.equal(nets["moving"].weights[0], nets["fixed"].weights[0])
 
 
 def test_benchmark_command_prints_ratios(capsys):

@@ -74,11 +74,21 @@ def configure_parser(parser) -> None:
 
 
 def run(args) -> int:
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        raise BioPropError(f"--device {args.device!r}: use cpu or cuda")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise BioPropError("--device cuda: no CUDA device is available here; use --device cpu")
+    if args.repeats < 1 or args.warmup < 0 or args.batch < 1:
+        raise BioPropError("--repeats and --batch must be >= 1 and --warmup >= 0")
+    for sizes in args.sizes or []:
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise BioPropError(f"--sizes {sizes}: give at least two positive layer widths, input first")
     dtype = getattr(torch, args.dtype)
     cases = DEFAULT_CASES
     if args.rules:
+        unknown = sorted(set(args.rules) - {case[0] for case in DEFAULT_CASES.values()})
+        if unknown:
+            raise BioPropError(f"--rules {unknown}: not benchmarked; choose from {sorted({c[0] for c in DEFAULT_CASES.values()})}")
         cases = {label: case for label, case in DEFAULT_CASES.items() if case[0] in args.rules}
         cases = {"bp": DEFAULT_CASES["bp"], **cases}
     all_sizes = args.sizes or [[64, 64, 64, 10], [784, 256, 256, 256, 10]]

@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     except BioPropError as error:
         print(f"bioprop {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"bioprop {args.command}: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"bioprop {args.command}: interrupted", file=sys.stderr)
         return 130

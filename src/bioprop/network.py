@@ -14,6 +14,7 @@ differentiates `net(x)` with autograd, while the biologically plausible rules re
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -163,17 +164,7 @@ class MLP(nn.Module):
 
     def clone(self) -> "MLP":
         """An independent copy with identical parameters (same dtype and device)."""
-        twin = MLP.__new__(MLP)
-        nn.Module.__init__(twin)
-        twin.sizes = list(self.sizes)
-        twin.activation = self.activation
-        twin.input_map = self.input_map
-        twin.has_bias = self.has_bias
-        twin._weights = nn.ParameterList([nn.Parameter(w.detach().clone()) for w in self._weights])
-        twin._biases = (
-            nn.ParameterList([nn.Parameter(b.detach().clone()) for b in self._biases]) if self._biases is not None else None
-        )
-        return twin
+        return copy.deepcopy(self)
 
     def config(self) -> dict:
         """The constructor arguments needed to rebuild this network's architecture."""

@@ -442,11 +442,12 @@ def default_out(config: TrainConfig) -> str:
     return os.path.join("runs", f"{name}-{config.dataset}-seed{config.seed}")
 
 
-def rule_keywords(config: TrainConfig, rule: str) -> dict[str, Any]:
-    """make_rule's keywords for `rule`: lr, loss, the user's options that it takes, and the run's
-    seed for a rule that takes one and was not given --rule-seed."""
+def rule_keywords(config: TrainConfig, rule: str, with_options: bool = True) -> dict[str, Any]:
+    """make_rule's keywords for `rule`: lr, loss, the user's options (for the main rule only: a
+    --compare twin keeps its own defaults, so --gamma 0.5 never silently breaks a Z-IL twin's
+    C3), and the run's seed for a rule that takes one and was not given --rule-seed."""
     accepted = rule_parameters(rule)
-    options = {k: v for k, v in config.rule_options.items() if k in accepted}
+    options = {k: v for k, v in config.rule_options.items() if k in accepted} if with_options else {}
     if "seed" in accepted and "seed" not in options:
         options["seed"] = config.seed
     return {"lr": config.lr, "loss": config.loss, **options}
@@ -688,7 +689,7 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
     learner = Learner(net, make_rule(config.rule, **rule_keywords(config, config.rule)))
     twin = None
     if config.compare is not None:
-        twin = Learner(net.clone(), make_rule(config.compare, **rule_keywords(config, config.compare)))
+        twin = Learner(net.clone(), make_rule(config.compare, **rule_keywords(config, config.compare, with_options=False)))
     shuffle = torch.Generator().manual_seed(_shuffle_seed(config.seed))
     records: list[dict[str, Any]] = []
     if checkpoint is not None:

@@ -13,11 +13,13 @@ Paper (MNIST, sigmoid): 93.4%, 92.4%, 99.6%, then 100% from t_d = 4.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -25,6 +27,7 @@ from ..data import load_dataset
 from ..errors import BioPropError
 from ..network import MLP
 from ..rules import make_rule
+from ..train import write_atomic
 
 DEFAULT_T_D = (1, 2, 3, 4, 5, 6, 7, 8, 16)
 PAPER_RATES = {1: 0.934, 2: 0.924, 3: 0.996, 4: 1.0, 5: 1.0, 6: 1.0, 7: 1.0, 8: 1.0, 16: 1.0}
@@ -108,6 +111,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def configure_parser(parser) -> None:
+    parser.add_argument("--full", action="store_true", help="the paper's data: MNIST, 1000 pairs, 3 seeds")
     parser.add_argument("--t-d", type=int, nargs="+", default=list(DEFAULT_T_D), help="values of t_d to measure")
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data-dir", default=None)
@@ -125,8 +129,15 @@ def configure_parser(parser) -> None:
 
 
 def run(args) -> int:
+    if args.full:
+        args.dataset, args.pairs, args.seeds = "mnist", 1000, [0, 1, 2]
     if any(t < 1 for t in args.t_d) or args.pairs < 1 or args.streams < 1:
         raise BioPropError("--t-d values, --pairs and --streams must be >= 1")
+    if args.out:
+        folder = Path(args.out).resolve().parent
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise BioPropError(f"--out {args.out}: cannot write into {folder}")
     print(
         f"Fa-Z-IL detection on {args.dataset}: {args.pairs} pairs x {len(args.seeds)} seed(s), hidden {args.hidden}, "
         f"{args.activation}, {args.streams} stream(s)",
@@ -138,21 +149,12 @@ def run(args) -> int:
     )
     print(format_table(rows))
     if args.out:
-        _write_atomically(args.out, rows)
-        print(f"wrote {args.out} and {os.path.splitext(args.out)[0]}.json", file=sys.stderr)
-    return 0
-
-
-def _write_atomically(path: str, rows: list[dict]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = path + ".tmp"
-    with open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        out = Path(args.out)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(temporary, path)
-    json_path = os.path.splitext(path)[0] + ".json"
-    with open(json_path + ".tmp", "w") as handle:
-        json.dump(rows, handle, indent=2)
-    os.replace(json_path + ".tmp", json_path)
+        write_atomic(out, lambda handle: handle.write(buffer.getvalue()))
+        write_atomic(out.with_suffix(".json"), lambda handle: json.dump(rows, handle, indent=2))
+        print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
+    return 0

@@ -137,13 +137,14 @@ def run(args) -> int:
             settings[key] = tuple(getattr(args, key)) if key in ("seeds", "depths") else getattr(args, key)
     if settings["epochs"] < 1 or any(d < 1 for d in settings["depths"]):
         raise BioPropError("--epochs and --depths must be >= 1")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)  # fail now, not after the run
     print(f"Z-IL ablation: {settings}", file=sys.stderr)
     table = ablation_table(data_dir=args.data_dir, **settings)
     text = format_table(table)
     print(text)
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(table[0]))
         writer.writeheader()

@@ -1,6 +1,8 @@
 """Learning rules, by name. A new rule is one new file plus one line in RULES."""
 from __future__ import annotations
 
+import inspect
+
 from ..errors import BioPropError
 from .base import LearningRule
 from .bp import BackpropRule
@@ -22,13 +24,11 @@ def make_rule(name: str, **options) -> LearningRule:
         cls = RULES[name]
     except (KeyError, TypeError):
         raise BioPropError(f"rule={name!r} is not known; choose one of {sorted(RULES)}") from None
-    try:
-        return cls(**options)
-    except TypeError as error:
-        import inspect
-
-        accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        raise BioPropError(f"rule {name!r}: bad option ({error}); it accepts {accepted}") from None
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise BioPropError(f"rule {name!r}: unknown option(s) {unknown}; it accepts {accepted}")
+    return cls(**options)
 
 
 def rule_names() -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import LearningRule
+from .base import LearningRule, check_batch
 
 
 class BackpropRule(LearningRule):
@@ -17,8 +17,6 @@ class BackpropRule(LearningRule):
     claims_exactness = True
 
     def step(self, net, x, y, trace=False):
-        from .base import check_batch
-
         x, y = check_batch(net, x, y)
         parameters = net.parameters_list()
         with torch.enable_grad():

@@ -38,7 +38,9 @@ and fire spuriously (measured in tests/test_fazil.py). "auto" picks between them
 
 `step(net, x, y)` presents one batch whose prediction phase has converged (C1 holds and every
 error node has been at rest for at least t_d steps) and runs n_steps steps (default L, the
-time the feedback front needs to reach layer 1). `stream(net, inputs, targets)` is the
+time the feedback front needs to reach layer 1). Because that assumed history is at rest
+since long ago, t_d has no effect in step(): every value gives the same updates. t_d matters
+in stream(), where the history is real (tests/test_fazil.py tests both sides of it). `stream(net, inputs, targets)` is the
 autonomous mode: pairs are presented in turn, input first (prediction phase, until the
 network is stationary plus `hold_steps`), then the teacher for `learning_steps` steps, with
 the same dynamics and gate running throughout; it counts detection successes and failures.

@@ -14,12 +14,16 @@ is not exact (see `bioprop verify --rule il` for the measured distance). The PCN
 teacher and the time-step ordering are in `predictive_coding.py`.
 
 Options: gamma (0.1), n_steps = T (20), init_noise (std of Gaussian noise added to the hidden
-value nodes at t = 0; 0 = start at the prediction fixpoint), seed (for that noise).
+value nodes at t = 0; 0 = start at the prediction fixpoint), seed (for that noise),
+ce_teacher ("moving": eps_L = y - softmax(mu_L) follows the prediction, our default; "fixed":
+eps_L held at its feed-forward value, the SPEC's letter, whose energy is unbounded below; see
+docs/rules.md).
 """
 from __future__ import annotations
 
 import torch
 
+from ..errors import BioPropError
 from .base import LearningRule, check_int, check_positive
 from .predictive_coding import feedforward_state, make_teacher, noisy_start, simulate
 
@@ -27,8 +31,11 @@ from .predictive_coding import feedforward_state, make_teacher, noisy_start, sim
 class InferenceLearning(LearningRule):
     name = "il"
 
-    def __init__(self, lr=0.01, loss="mse", gamma=0.1, n_steps=20, init_noise=0.0, seed=0):
+    def __init__(self, lr=0.01, loss="mse", gamma=0.1, n_steps=20, init_noise=0.0, ce_teacher="moving", seed=0):
         super().__init__(lr, loss)
+        if ce_teacher not in ("moving", "fixed"):
+            raise BioPropError(f"ce_teacher={ce_teacher!r}: choose 'moving' or 'fixed'")
+        self.ce_teacher = ce_teacher
         self.gamma = check_positive("gamma", gamma)
         self.n_steps = check_int("n_steps", n_steps, 0)
         self.init_noise = check_positive("init_noise", init_noise, allow_zero=True)
@@ -36,13 +43,14 @@ class InferenceLearning(LearningRule):
         self._noise = torch.Generator().manual_seed(seed)
 
     def options(self):
-        return {**super().options(), "gamma": self.gamma, "n_steps": self.n_steps, "init_noise": self.init_noise, "seed": self.seed}
+        return {**super().options(), "gamma": self.gamma, "n_steps": self.n_steps, "init_noise": self.init_noise,
+                "ce_teacher": self.ce_teacher, "seed": self.seed}
 
     def _step(self, net, x, y, trace):
         state = feedforward_state(net, x)
         output = state.value_nodes[-1]
         loss_value = float(self.loss(output, y))
-        teacher = make_teacher(self.loss, y)
+        teacher = make_teacher(self.loss, y, output, fixed_error=self.ce_teacher == "fixed")
         state = noisy_start(state, self.init_noise, self._noise)
         t_c, n_layers = self.n_steps, net.n_layers
 

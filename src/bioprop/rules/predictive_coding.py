@@ -78,10 +78,23 @@ class FreeOutput:
         return output_value - output_prediction
 
 
-def make_teacher(loss, target: Tensor):
-    """The teacher for `loss`: a clamped output value node for MSE, an error node otherwise."""
+@dataclass
+class ErrorClamp:
+    """The SPEC's letter for cross-entropy: eps_L fixed at -(dLoss/dz_L) of the teacher's onset."""
+
+    error: Tensor
+
+    def output_error(self, output_value: Tensor, output_prediction: Tensor) -> Tensor:
+        return self.error
+
+
+def make_teacher(loss, target: Tensor, output: Tensor | None = None, fixed_error: bool = False):
+    """The teacher for `loss`: a clamped output value node for MSE, an error node otherwise
+    (moving with the prediction, or with fixed_error=True held at its value for `output`)."""
     if loss.name == "mse":
         return ValueClamp(target)
+    if fixed_error:
+        return ErrorClamp(-loss.output_error(output, target))
     return LossTeacher(loss, target)
 
 

@@ -38,7 +38,7 @@ import torch
 
 from ..errors import BioPropError
 from .base import LearningRule, check_int, check_positive, hebbian_change
-from .predictive_coding import feedforward_state, make_teacher, noisy_start, simulate
+from .predictive_coding import apply_changes, feedforward_state, make_teacher, noisy_start, simulate
 
 
 class ZeroDivergenceIL(LearningRule):
@@ -92,17 +92,13 @@ class ZeroDivergenceIL(LearningRule):
     def _front_step(self, net, x, y):
         sweep = net.forward_pass(x)
         output = sweep.output
-        weights, biases = net.weights, net.biases
+        weights = net.weights
         f_prime = net.activation.derivative
         errors = [-self.loss.output_error(output, y)]  # eps_L(0)
         for layer in range(net.n_layers - 1, 0, -1):  # layer L-k at step k = 1 .. L-1
             feedback = errors[0] @ weights[layer]  # W_{layer+1}^T eps_{layer+1}, pre-update weights
             errors.insert(0, self.gamma * f_prime(sweep.preactivations[layer - 1]) * feedback)
-        changes = [hebbian_change(self.lr, eps, rates) for eps, rates in zip(errors, sweep.rates)]
-        for layer, (weight_change, bias_change) in enumerate(changes):
-            weights[layer].add_(weight_change)
-            if biases is not None:
-                biases[layer].add_(bias_change)
+        apply_changes(net, [hebbian_change(self.lr, eps, rates) for eps, rates in zip(errors, sweep.rates)])
         return {
             "loss": float(self.loss(output, y)),
             "output": output,
