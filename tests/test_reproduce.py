@@ -25,3 +25,17 @@ def test_reproduce_command_writes_its_tables(tmp_path, capsys):
     assert main(["reproduce", "song2020-ablation", "--epochs", "1", "--depths", "1", "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {"ablation.csv", "ablation.json", "ablation.md"}
     assert "Z-IL (C1-C3 hold)" in capsys.readouterr().out
+
+
+def test_dynamics_shows_the_error_front(tmp_path):
+    from bioprop.experiments.song2020_dynamics import dynamics, plot
+
+    curves = dynamics(hidden=(8, 8), batch=4)
+    for label in ("Z-IL (full dynamics)", "Fa-Z-IL (t_d=4)"):
+        updates = {r["layer"]: r["t"] for r in curves[label] if r["updated"]}
+        assert updates == {3: 0, 2: 1, 1: 2}  # layer L-k learns at t = k
+        silent = [r for r in curves[label] if r["layer"] < 3 and r["t"] < 3 - r["layer"]]
+        assert silent and all(r["error_norm"] == 0 for r in silent)
+    assert {r["t"] for r in curves["IL (T=20, gamma=0.1)"] if r["updated"]} == {20}
+    plot(curves, tmp_path / "dynamics.png")
+    assert (tmp_path / "dynamics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

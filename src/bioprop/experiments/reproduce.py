@@ -6,6 +6,7 @@ import importlib
 #: experiment -> (module, one-line help)
 EXPERIMENTS = {
     "song2020-ablation": ("bioprop.experiments.song2020_ablation", "Z-IL with one condition broken at a time (Fig. 3)"),
+    "song2020-dynamics": ("bioprop.experiments.song2020_dynamics", "error nodes over inference steps for IL, Z-IL, Fa-Z-IL (Fig. 2)"),
     "song2020-detection": ("bioprop.experiments.fazil_detection", "Fa-Z-IL detection success against t_d (Table 3)"),
 }
 
