@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from bioprop.data import Dataset, dataset_names, load_dataset
-from bioprop.data import cifar, download, mnist
+from bioprop.data import download, mnist
 from bioprop.data.idx import parse_idx
 from bioprop.errors import BioPropError, DataUnavailableError
 

@@ -40,7 +40,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 import tomllib
 from contextlib import contextmanager
@@ -55,6 +54,7 @@ from tqdm import tqdm
 
 from .activations import activation_names, get_activation
 from .errors import BioPropError
+from .files import write_atomic
 from .losses import loss_names
 from .network import INPUT_MAPS, MLP
 from .rules import RULES, LearningRule, make_rule
@@ -516,28 +516,6 @@ class Learner:
 
 
 # -- files -----------------------------------------------------------------------------------
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
-    """Write a file via a temporary file in the same folder and os.replace (mode as for open())."""
-    handle = tempfile.NamedTemporaryFile(
-        mode="wb" if binary else "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False,
-        **({} if binary else {"encoding": "utf-8"}),
-    )
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, 0o666 & ~_UMASK)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
 def _plain(value: Any) -> Any:
     """Turn a value into YAML/JSON-safe Python (rule options may hold tuples, tensors, dtypes)."""
     if isinstance(value, dict):

@@ -26,7 +26,7 @@ from typing import IO
 import numpy as np
 
 from ..errors import BioPropError
-from .dataset import Dataset, labels_to_tensor, pixels_to_unit_float
+from .dataset import Dataset
 from .download import RemoteFile
 from .locate import NotHere, PathLike, cache_folder, locate_or_download, search_folders
 
@@ -76,15 +76,7 @@ def load_cifar10(
     batches = read_batch_folder(location.path) if isinstance(location, BatchFolder) else read_archive(location.path)
     train_x, train_y = _join([batches[name] for name in TRAIN_BATCHES])
     test_x, test_y = batches[TEST_BATCH]
-    return Dataset(
-        name=NAME,
-        train_x=pixels_to_unit_float(train_x),
-        train_y=labels_to_tensor(train_y),
-        test_x=pixels_to_unit_float(test_x),
-        test_y=labels_to_tensor(test_y),
-        n_classes=N_CLASSES,
-        source=str(location.path),
-    )
+    return Dataset.from_pixels(NAME, (train_x, train_y), (test_x, test_y), N_CLASSES, str(location.path))
 
 
 def resolve_cifar_files(folder: Path) -> BatchFolder | Archive | NotHere:

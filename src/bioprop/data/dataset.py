@@ -47,6 +47,19 @@ class Dataset:
                 f"but test samples have {self.test_x.shape[1]}"
             )
 
+    @classmethod
+    def from_pixels(cls, name: str, train: tuple, test: tuple, n_classes: int, source: str) -> "Dataset":
+        """From uint8 images and integer labels as read from the files: (images, labels) per split."""
+        return cls(
+            name=name,
+            train_x=pixels_to_unit_float(train[0]),
+            train_y=labels_to_tensor(train[1]),
+            test_x=pixels_to_unit_float(test[0]),
+            test_y=labels_to_tensor(test[1]),
+            n_classes=n_classes,
+            source=source,
+        )
+
     @property
     def n_features(self) -> int:
         return int(self.train_x.shape[1])

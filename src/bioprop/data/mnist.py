@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BioPropError
-from .dataset import Dataset, labels_to_tensor, pixels_to_unit_float
+from .dataset import Dataset
 from .download import RemoteFile
 from .idx import read_idx
 from .locate import PathLike, cache_folder, locate_or_download, resolve_file_set, search_folders
@@ -124,15 +124,7 @@ def load_idx_dataset(
             f"data set {name!r} in {folder}: train images are {train_x.shape[1:]} but test images are "
             f"{test_x.shape[1:]}; the files come from different data sets"
         )
-    return Dataset(
-        name=name,
-        train_x=pixels_to_unit_float(train_x),
-        train_y=labels_to_tensor(train_y),
-        test_x=pixels_to_unit_float(test_x),
-        test_y=labels_to_tensor(test_y),
-        n_classes=N_CLASSES,
-        source=str(folder),
-    )
+    return Dataset.from_pixels(name, (train_x, train_y), (test_x, test_y), N_CLASSES, str(folder))
 
 
 def _read_split(paths: dict[str, Path], images_name: str, labels_name: str) -> tuple[np.ndarray, np.ndarray]:

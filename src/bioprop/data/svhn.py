@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BioPropError
-from .dataset import Dataset, labels_to_tensor, pixels_to_unit_float
+from .dataset import Dataset
 from .download import RemoteFile
 from .locate import PathLike, cache_folder, locate_or_download, resolve_file_set, search_folders
 
@@ -54,15 +54,7 @@ def load_svhn(
     )
     train_x, train_y = read_svhn_mat(paths[SPLIT_FILES["train"]])
     test_x, test_y = read_svhn_mat(paths[SPLIT_FILES["test"]])
-    return Dataset(
-        name=NAME,
-        train_x=pixels_to_unit_float(train_x),
-        train_y=labels_to_tensor(train_y),
-        test_x=pixels_to_unit_float(test_x),
-        test_y=labels_to_tensor(test_y),
-        n_classes=N_CLASSES,
-        source=str(folder),
-    )
+    return Dataset.from_pixels(NAME, (train_x, train_y), (test_x, test_y), N_CLASSES, str(folder))
 
 
 def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:

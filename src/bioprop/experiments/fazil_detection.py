@@ -12,9 +12,6 @@ Paper (MNIST, sigmoid): 93.4%, 92.4%, 99.6%, then 100% from t_d = 4.
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import statistics
 import sys
@@ -27,7 +24,7 @@ from ..data import load_dataset
 from ..errors import BioPropError
 from ..network import MLP
 from ..rules import make_rule
-from ..train import write_atomic
+from ..files import write_csv, write_json
 
 DEFAULT_T_D = (1, 2, 3, 4, 5, 6, 7, 8, 16)
 PAPER_RATES = {1: 0.934, 2: 0.924, 3: 0.996, 4: 1.0, 5: 1.0, 6: 1.0, 7: 1.0, 8: 1.0, 16: 1.0}
@@ -150,11 +147,7 @@ def run(args) -> int:
     print(format_table(rows))
     if args.out:
         out = Path(args.out)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        write_atomic(out, lambda handle: handle.write(buffer.getvalue()))
-        write_atomic(out.with_suffix(".json"), lambda handle: json.dump(rows, handle, indent=2))
+        write_csv(out, rows)
+        write_json(out.with_suffix(".json"), rows)
         print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
     return 0

@@ -18,9 +18,6 @@ gamma = 1). Paper setup (--full): alpha = 0.001, batch 20, sigmoid, 1-3 hidden l
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import statistics
 import sys
@@ -33,7 +30,8 @@ from ..errors import BioPropError
 from ..losses import get_loss
 from ..network import MLP
 from ..rules import make_rule
-from ..train import evaluate, write_atomic
+from ..files import write_atomic, write_csv, write_json
+from ..train import evaluate
 
 SIGMAS = (0.0, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
 FIXED_STEPS = (0, 1, 2, 3, 4, 16, 64)
@@ -145,12 +143,8 @@ def run(args) -> int:
     print(text)
     if args.out:
         out = Path(args.out)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
-        write_atomic(out / "ablation.csv", lambda handle: handle.write(buffer.getvalue()))
-        write_atomic(out / "ablation.json", lambda handle: json.dump({"settings": settings, "rows": table}, handle, indent=2))
+        write_csv(out / "ablation.csv", table)
+        write_json(out / "ablation.json", {"settings": settings, "rows": table})
         write_atomic(out / "ablation.md", lambda handle: handle.write(f"settings: {settings}\n\n```\n{text}\n```\n"))
         print(f"wrote {out}/ablation.csv, .json, .md", file=sys.stderr)
     return 0

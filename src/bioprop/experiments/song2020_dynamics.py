@@ -10,7 +10,6 @@ Writes dynamics.png and dynamics.csv.
 """
 from __future__ import annotations
 
-import csv
 import io
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from ..data import load_dataset
 from ..network import MLP
 from ..rules import make_rule
-from ..train import write_atomic
+from ..files import write_atomic, write_csv
 
 RULES = {
     "IL (T=20, gamma=0.1)": ("il", {}),
@@ -84,12 +83,7 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     curves = dynamics(tuple(args.hidden), args.batch, args.seed)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["rule", "t", "layer", "error_norm", "updated"])
-    writer.writeheader()
-    for label, rows in curves.items():
-        writer.writerows({"rule": label, **r} for r in rows)
-    write_atomic(out / "dynamics.csv", lambda handle: handle.write(buffer.getvalue()))
+    write_csv(out / "dynamics.csv", [{"rule": label, **r} for label, rows in curves.items() for r in rows])
     plot(curves, out / "dynamics.png")
     for label, rows in curves.items():
         times = {r["layer"]: r["t"] for r in rows if r["updated"]}

@@ -43,7 +43,6 @@ from .predictive_coding import apply_changes, feedforward_state, make_teacher, n
 
 class ZeroDivergenceIL(LearningRule):
     name = "zil"
-    claims_exactness = True
 
     def __init__(self, lr=0.01, loss="mse", gamma=1.0, update_at="layer", init_noise=0.0, dynamics="auto", seed=0):
         super().__init__(lr, loss)

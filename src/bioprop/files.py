@@ -1,0 +1,44 @@
+"""Writing output files so that a crash or a bad argument never leaves half a file behind."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
+    """Write a file via a temporary file in the same folder and os.replace (mode as for open())."""
+    handle = tempfile.NamedTemporaryFile(
+        mode="wb" if binary else "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False,
+        **({} if binary else {"encoding": "utf-8"}),
+    )
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(handle.name, 0o666 & ~_UMASK)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows (dicts with the same keys) as a CSV file with a header, atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(Path(path), lambda handle: handle.write(buffer.getvalue()))
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(Path(path), lambda handle: handle.write(json.dumps(data, indent=2) + "\n"))
