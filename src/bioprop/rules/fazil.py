@@ -63,8 +63,7 @@ from .predictive_coding import (
     clamp_output,
     feedforward_state,
     make_teacher,
-    noisy_start,
-    simulate,
+    present,
 )
 
 Tensor = torch.Tensor
@@ -242,24 +241,16 @@ class FullyAutonomousZIL(LearningRule):
         return gate
 
     def _step(self, net, x, y, trace):
-        state = feedforward_state(net, x)
-        output = state.value_nodes[-1]
-        loss_value = float(self.loss(output, y))
-        teacher = make_teacher(self.loss, y)
-        state = noisy_start(state, self.init_noise, self._noise)
         detector = ChangeDetector(self.t_d, self._resolution(net))
         tally = DetectionTally(net.n_layers)
         gate = self._gate(detector, tally, phase_step=lambda t: t)
         n_steps = self.n_steps or net.n_layers
-        result = simulate(
-            net, state, teacher, gamma=self.gamma, n_steps=n_steps, lr=self.lr, gate=gate, record=trace,
-            pool_changes=self._pooled(x.shape[0]),
+        info = present(
+            net, x, y, self.loss, gamma=self.gamma, n_steps=n_steps, lr=self.lr, gate=gate,
+            init_noise=self.init_noise, noise=self._noise, record=trace, pool_changes=self._pooled(x.shape[0]),
         )
         tally.close_presentation()
-        info = {"loss": loss_value, "output": output, "n_inference_steps": n_steps - 1, "detection": tally.summary()}
-        if trace:
-            info["trace"] = result.trace
-        return info
+        return {**info, "n_inference_steps": n_steps - 1, "detection": tally.summary()}
 
     def stream(
         self,

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import BioPropError
 from .base import LearningRule, check_int, check_positive
-from .predictive_coding import feedforward_state, make_teacher, noisy_start, simulate
+from .predictive_coding import present
 
 
 class InferenceLearning(LearningRule):
@@ -47,20 +47,13 @@ class InferenceLearning(LearningRule):
                 "ce_teacher": self.ce_teacher, "seed": self.seed}
 
     def _step(self, net, x, y, trace):
-        state = feedforward_state(net, x)
-        output = state.value_nodes[-1]
-        loss_value = float(self.loss(output, y))
-        teacher = make_teacher(self.loss, y, output, fixed_error=self.ce_teacher == "fixed")
-        state = noisy_start(state, self.init_noise, self._noise)
         t_c, n_layers = self.n_steps, net.n_layers
 
         def update_at_t_c(t, errors, predictions):
             return [1.0 if t == t_c else None] * n_layers
 
-        result = simulate(
-            net, state, teacher, gamma=self.gamma, n_steps=t_c + 1, lr=self.lr, gate=update_at_t_c, record=trace
+        info = present(
+            net, x, y, self.loss, gamma=self.gamma, n_steps=t_c + 1, lr=self.lr, gate=update_at_t_c,
+            init_noise=self.init_noise, noise=self._noise, record=trace, fixed_error=self.ce_teacher == "fixed",
         )
-        info = {"loss": loss_value, "output": output, "n_inference_steps": t_c}
-        if trace:
-            info["trace"] = result.trace
-        return info
+        return {**info, "n_inference_steps": t_c}

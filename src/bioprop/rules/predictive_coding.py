@@ -259,6 +259,41 @@ def trace_entry(t: int, state: PCState, errors: list[Tensor], changes: list) -> 
     }
 
 
+def present(
+    net: MLP,
+    x: Tensor,
+    y: Tensor,
+    loss,
+    *,
+    gamma: float,
+    n_steps: int,
+    lr: float,
+    gate: PlasticityGate,
+    init_noise: float = 0.0,
+    noise: torch.Generator | None = None,
+    record: bool = False,
+    pool_changes: bool = False,
+    fixed_error: bool = False,
+) -> dict:
+    """One training pair (batch) for a PCN rule: start at the feed-forward pass (plus noise
+    when C1 is broken on purpose), put the teacher on, run `simulate`.
+
+    Returns the diagnostics every rule reports: "loss" and "output" before the update, and
+    "trace" when record=True.
+    """
+    state = feedforward_state(net, x)
+    output = state.value_nodes[-1]
+    info = {"loss": float(loss(output, y)), "output": output}
+    teacher = make_teacher(loss, y, output, fixed_error=fixed_error)
+    state = noisy_start(state, init_noise, noise)
+    result = simulate(
+        net, state, teacher, gamma=gamma, n_steps=n_steps, lr=lr, gate=gate, record=record, pool_changes=pool_changes
+    )
+    if record:
+        info["trace"] = result.trace
+    return info
+
+
 def noisy_start(state: PCState, sigma: float, generator: torch.Generator | None) -> PCState:
     """Break C1: hidden value nodes start at the feed-forward pass plus N(0, sigma^2) noise."""
     if sigma == 0:

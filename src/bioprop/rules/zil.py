@@ -38,7 +38,7 @@ import torch
 
 from ..errors import BioPropError
 from .base import LearningRule, check_int, check_positive, hebbian_change
-from .predictive_coding import apply_changes, feedforward_state, make_teacher, noisy_start, simulate
+from .predictive_coding import apply_changes, present
 
 
 class ZeroDivergenceIL(LearningRule):
@@ -106,11 +106,6 @@ class ZeroDivergenceIL(LearningRule):
         }
 
     def _full_step(self, net, x, y, trace):
-        state = feedforward_state(net, x)
-        output = state.value_nodes[-1]
-        loss_value = float(self.loss(output, y))
-        teacher = make_teacher(self.loss, y)
-        state = noisy_start(state, self.init_noise, self._noise)
         n_layers = net.n_layers
         if self.update_at == "layer":
             update_time = [n_layers - layer for layer in range(1, n_layers + 1)]  # C2: t = k for layer L-k
@@ -120,10 +115,8 @@ class ZeroDivergenceIL(LearningRule):
         def scheduled(t, errors, predictions):
             return [1.0 if t == when else None for when in update_time]
 
-        result = simulate(
-            net, state, teacher, gamma=self.gamma, n_steps=max(update_time) + 1, lr=self.lr, gate=scheduled, record=trace
+        info = present(
+            net, x, y, self.loss, gamma=self.gamma, n_steps=max(update_time) + 1, lr=self.lr, gate=scheduled,
+            init_noise=self.init_noise, noise=self._noise, record=trace,
         )
-        info = {"loss": loss_value, "output": output, "dynamics": "full", "n_inference_steps": max(update_time)}
-        if trace:
-            info["trace"] = result.trace
-        return info
+        return {**info, "dynamics": "full", "n_inference_steps": max(update_time)}
