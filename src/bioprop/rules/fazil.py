@@ -302,7 +302,8 @@ class FullyAutonomousZIL(LearningRule):
                     new_state, _, step_changes = advance(
                         net, state, free, t=steps, gamma=self.gamma, lr=self.lr, gate=gate, output_free=True, apply=not pooled
                     )
-                    changes = add_changes(changes, step_changes)
+                    if pooled:
+                        changes = add_changes(changes, step_changes)
                     still = all(
                         bool(((a - b).abs() <= detector.change_tol * (1 + b.abs())).all())
                         for a, b in zip(new_state.value_nodes, state.value_nodes)
@@ -323,7 +324,8 @@ class FullyAutonomousZIL(LearningRule):
                     state, _, step_changes = advance(
                         net, state, teacher, t=t, gamma=self.gamma, lr=self.lr, gate=gate, output_free=False, apply=not pooled
                     )
-                    changes = add_changes(changes, step_changes)
+                    if pooled:
+                        changes = add_changes(changes, step_changes)
                 if pooled:
                     apply_changes(net, changes)
                 tally.close_presentation()
