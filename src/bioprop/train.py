@@ -10,6 +10,10 @@ One run is one folder:
     checkpoint.pt   written every epoch: network, rule state, shuffling generator, metrics so far,
                     config (and the twin's network and rule with --compare)
     summary.json    written at the end: final and best metrics, times, final twin differences
+    diagnostics.jsonl  with --diagnostics-every N: every N training steps, one JSON object per
+                    weight layer with bioprop.diagnostics.measure's figures on that step's batch
+                    (cos(ΔW, -∇W), the circuit's Theorem-1 error and alignments, ...), plus
+                    epoch and step
 
 Every file is written to a temporary file in the run folder and moved into place with
 os.replace, so a crash never leaves a half-written file; the folder itself is only created
@@ -54,6 +58,7 @@ from tqdm import tqdm
 
 from .activations import activation_names, get_activation
 from .errors import BioPropError
+from .diagnostics import measure
 from .files import write_atomic
 from .losses import loss_names
 from .network import INPUT_MAPS, MLP
@@ -62,7 +67,7 @@ from .rules import RULES, LearningRule, make_rule
 Tensor = torch.Tensor
 
 CHECKPOINT_FORMAT = "bioprop-train-checkpoint/1"
-RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "summary.json")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "summary.json", "diagnostics.jsonl")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEVICES = ("cpu", "cuda", "auto")
 #: Settings that may differ from the stored run on --resume (they do not change the numbers).
@@ -100,6 +105,7 @@ class TrainConfig:
     quiet: bool = False
     compare: str | None = None
     eval_every: int = 1
+    diagnostics_every: int = 0
     rule_options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +139,8 @@ _HELP = {
     "quiet": "print nothing but errors",
     "compare": "also train a twin from the same initial weights with this rule on the same batches",
     "eval_every": "evaluate on the test set every N epochs (and always after the last)",
+    "diagnostics_every": "every N training steps, log the rule's distance to BP and alignment figures "
+                         "to diagnostics.jsonl (0: never)",
 }
 
 
@@ -243,6 +251,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add("quiet", action="store_true")
     add("compare", metavar="RULE")
     add("eval_every", type=int, metavar="N")
+    add("diagnostics_every", type=int, metavar="N")
     parser.add_argument(
         "--config", metavar="FILE", default=quiet,
         help="YAML or TOML file of settings (keys: the flag names with underscores); flags given override it",
@@ -418,6 +427,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     c.overwrite = _as_bool("overwrite", c.overwrite)
     c.quiet = _as_bool("quiet", c.quiet)
     c.eval_every = _as_int("eval_every", c.eval_every, 1)
+    c.diagnostics_every = _as_int("diagnostics_every", c.diagnostics_every, 0)
     if not isinstance(c.rule_options, dict):
         raise BioPropError("rule_options: expected a mapping of option: value")
     specs = rule_option_specs()
@@ -526,6 +536,8 @@ def _plain(value: Any) -> Any:
         return value.tolist()
     if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # strict JSON has no NaN or infinity: a figure that does not exist is null
     for kind in (int, float, str):  # exact builtins: yaml.safe_dump refuses subclasses such as TorchVersion
         if isinstance(value, kind):
             return kind(value)
@@ -670,12 +682,14 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
         twin = Learner(net.clone(), make_rule(config.compare, **rule_keywords(config, config.compare, with_options=False)))
     shuffle = torch.Generator().manual_seed(_shuffle_seed(config.seed))
     records: list[dict[str, Any]] = []
+    diagnostics: list[dict[str, Any]] = []
     if checkpoint is not None:
         learner.load_state(checkpoint["learner"])
         if twin is not None:
             twin.load_state(checkpoint["twin"])
         shuffle.set_state(checkpoint["shuffle"])
         records = list(checkpoint["metrics"])
+        diagnostics = list(checkpoint.get("diagnostics", []))
 
     stored_config = {k: v for k, v in config.to_dict().items() if k not in OPERATIONAL}
     resolved = {
@@ -727,8 +741,11 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
                 batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False, file=sys.stderr,
                 disable=True if (config.quiet or not progress) else None,
             )
-            for index in bar:
+            for batch_index, index in enumerate(bar):
                 x, y = train_x[index], train_y[index]
+                step = (epoch - 1) * len(batches) + batch_index
+                if config.diagnostics_every and step % config.diagnostics_every == 0:
+                    diagnostics.extend({"epoch": epoch, "step": step, **r} for r in measure(learner.rule, learner.net, x, y))
                 learner.step(x, y)
                 if twin is not None:
                     twin.step(x, y)
@@ -752,10 +769,13 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
                 "twin": twin.state() if twin is not None else None,
                 "shuffle": shuffle.get_state(),
                 "metrics": records,
+                "diagnostics": diagnostics,
                 "versions": _plain(_versions()),
             }
             write_atomic(out / "checkpoint.pt", lambda h: torch.save(state, h), binary=True)
             _write_metrics(out / "metrics.jsonl", records)
+            if config.diagnostics_every:
+                _write_metrics(out / "diagnostics.jsonl", diagnostics)
             say(_epoch_line(record, config))
 
     summary = _summary(config, records, out, wall_start, learner, twin)

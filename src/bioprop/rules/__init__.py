@@ -6,8 +6,13 @@ import inspect
 from ..errors import BioPropError
 from .base import LearningRule
 from .bp import BackpropRule
+from .circuit import FourSynapseCircuit
+from .dfa import DirectFeedbackAlignment
+from .fa import FeedbackAlignment
 from .fazil import FullyAutonomousZIL
 from .il import InferenceLearning
+from .kp import KolenPollack
+from .sign import SignSymmetry
 from .zil import ZeroDivergenceIL
 
 RULES: dict[str, type[LearningRule]] = {
@@ -15,6 +20,11 @@ RULES: dict[str, type[LearningRule]] = {
     "il": InferenceLearning,
     "zil": ZeroDivergenceIL,
     "fazil": FullyAutonomousZIL,
+    "fa": FeedbackAlignment,
+    "kp": KolenPollack,
+    "sign": SignSymmetry,
+    "dfa": DirectFeedbackAlignment,
+    "circuit": FourSynapseCircuit,
 }
 
 

@@ -1,0 +1,144 @@
+"""How close an approximate rule's update is to backprop's, and how far a circuit has self-assembled.
+
+`measure(rule, net, x, y)` takes one step of the rule on *copies* of the rule and the network
+(nothing the caller holds changes) and compares it with autograd's gradient on the same
+weights and batch. Per weight layer l = 1..L (figures a rule cannot provide are absent):
+
+    cos_update     cos(G_l, dLoss/dW_l)  where G_l is what the rule uses in place of the gradient
+                   (its update is -lr G_l, before decay), i.e. cos(ΔW_l, -∇W_l)
+    rel_update     ||G_l - ∇W_l|| / ||∇W_l||
+    cos_delta      cos(eps_l, d_l): the rule's hidden error signal against BP's delta dLoss/dz_l,
+                   flattened over the batch (hidden layers)
+    feedback_cos   cos of a rule's feedback with W_lᵀ (fa, kp, sign; the circuit's W̄_l V_l)
+
+and for the four-synapse circuit, per hidden level (Theorem 1, H_l = V̄_l V̄_lᵀ, c = eta_V/eta_V̄):
+
+    theorem1_error         ||G_l - c H_l ∇W_l|| / ||c H_l ∇W_l||
+    theorem1_error_fitted  the same with the best scalar c (least squares), when c is undefined
+                           (eta_V = 0) or to separate the matrix's shape from its scale
+    one_minus_cos_v_vbar   1 - cos(V_l, V̄_lᵀ)
+    drift_v, drift_vbar    ||ΔV_l|| / ||V_l|| of this step (Theorem 1 assumes O(eps))
+    h_effective_rank       exp(entropy of the normalised eigenvalues of H_l) (Roy & Vetterli 2007)
+    h_condition            lambda_max / lambda_min of H_l (inf when H_l is singular, m_l < n_l)
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+
+from .network import MLP
+
+Tensor = torch.Tensor
+
+
+def bp_gradients(net: MLP, loss, x: Tensor, y: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """Autograd's dLoss/dW_l (l = 1..L) and BP's deltas dLoss/dz_l (l = 1..L-1) on this batch."""
+    with torch.enable_grad():
+        weights = [w.detach().clone().requires_grad_(True) for w in net.weights]
+        biases = [b.detach() for b in net.biases] if net.has_bias else None
+        rates = net.input_rates(x)
+        preactivations = []
+        for l, w in enumerate(weights):
+            z = rates @ w.T + (biases[l] if biases is not None else 0)
+            preactivations.append(z)
+            if l < len(weights) - 1:
+                rates = net.activation(z)
+        value = loss(preactivations[-1], y)
+        gradients = torch.autograd.grad(value, weights + preactivations[:-1])
+    L = len(weights)
+    return list(gradients[:L]), list(gradients[L:])
+
+
+def measure(rule, net: MLP, x: Tensor, y: Tensor) -> list[dict[str, Any]]:
+    """One record per weight layer (see the module docstring); the caller's rule and net are untouched."""
+    from .rules.base import check_batch
+
+    x, y = check_batch(net, x, y)
+    gradients, deltas = bp_gradients(net, rule.loss, x, y)
+    rule = copy.deepcopy(rule)
+    if getattr(rule, "sizes", False) is None:  # a circuit before its first step: draw as the step would
+        rule.initialize(net)
+    rule_copy, net_copy = copy.deepcopy(rule), net.clone()
+    with torch.no_grad():
+        info = rule_copy.step(net_copy, x, y)
+        return _records(rule, rule_copy, net, info, gradients, deltas)
+
+
+def _records(rule, rule_copy, net: MLP, info: dict, gradients: list[Tensor], deltas: list[Tensor]) -> list[dict[str, Any]]:
+    estimates = info.get("gradient_estimates")
+    rule_deltas = info.get("deltas")
+    L = net.n_layers
+    records: list[dict[str, Any]] = [{"layer": l} for l in range(1, L + 1)]
+    if estimates is not None:
+        for record, estimate, gradient in zip(records, estimates, gradients):
+            record["cos_update"] = cosine(estimate, gradient)
+            record["rel_update"] = relative(estimate, gradient)
+    if rule_deltas is not None:
+        for record, eps, delta in zip(records, rule_deltas, deltas):
+            record["cos_delta"] = cosine(eps, delta)
+    alignment = _feedback_alignment(rule, net)
+    for l, value in alignment.items():
+        records[l - 1]["feedback_cos"] = value
+    if hasattr(rule, "preconditioners") and getattr(rule, "sizes", None) is not None:
+        _circuit_figures(rule, rule_copy, net, records, estimates, gradients)
+    return records
+
+
+def _feedback_alignment(rule, net: MLP) -> dict[int, float]:
+    """layer -> cos(feedback, W_lᵀ) for rules that expose one."""
+    if hasattr(rule, "alignment") and getattr(rule, "sizes", None) is not None:
+        values = rule.alignment(net).get("cos_feedback_wT", [])
+        return {l: v for l, v in zip(range(2, net.n_layers + 1), values)}
+    if hasattr(rule, "feedback_alignment"):
+        try:
+            values = rule.feedback_alignment(net)
+        except Exception:  # feedback not drawn yet
+            return {}
+        return {l: v for l, v in zip(range(2, net.n_layers + 1), values)}
+    return {}
+
+
+def _circuit_figures(rule, stepped, net: MLP, records, estimates, gradients) -> None:
+    c = rule.theorem_scale
+    alignment = rule.alignment(net)
+    for level, h in enumerate(rule.preconditioners(), start=1):
+        record = records[level - 1]
+        target = h @ gradients[level - 1]
+        estimate = estimates[level - 1]
+        record["theorem1_error"] = relative(estimate, c * target) if math.isfinite(c) else math.nan
+        scale = float((estimate * target).sum() / (target * target).sum()) if float(target.norm()) > 0 else math.nan
+        record["theorem1_error_fitted"] = relative(estimate, scale * target) if math.isfinite(scale) else math.nan
+        record["theorem1_fitted_c"] = scale
+        record["one_minus_cos_v_vbar"] = alignment["one_minus_cos_v_vbar"][level - 1]
+        record["drift_v"] = relative(stepped.to_downstream[level - 1], rule.to_downstream[level - 1])
+        record["drift_vbar"] = relative(stepped.to_teaching[level - 1], rule.to_teaching[level - 1])
+        record.update(spectrum_figures(h))
+
+
+def spectrum_figures(matrix: Tensor) -> dict[str, float]:
+    """Effective rank and condition number of a symmetric positive semi-definite matrix."""
+    eigenvalues = torch.linalg.eigvalsh(matrix.double()).clamp(min=0)
+    total = float(eigenvalues.sum())
+    if total <= 0:
+        return {"h_effective_rank": 0.0, "h_condition": math.inf}
+    p = eigenvalues / total
+    p = p[p > 0]
+    entropy = float(-(p * p.log()).sum())
+    smallest, largest = float(eigenvalues.min()), float(eigenvalues.max())
+    return {"h_effective_rank": math.exp(entropy), "h_condition": largest / smallest if smallest > 0 else math.inf}
+
+
+def cosine(a: Tensor, b: Tensor) -> float:
+    a, b = a.reshape(-1).double(), b.reshape(-1).double()
+    norms = a.norm() * b.norm()
+    return float((a @ b) / norms) if norms > 0 else math.nan
+
+
+def relative(a: Tensor, b: Tensor) -> float:
+    """||a - b|| / ||b|| (NaN when b = 0)."""
+    a, b = a.double(), b.double()
+    scale = b.norm()
+    return float((a - b).norm() / scale) if scale > 0 else math.nan

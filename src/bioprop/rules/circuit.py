@@ -1,0 +1,366 @@
+"""The four-synapse upstream/downstream circuit (Liao et al. 2024), as reconstructed in SPEC-circuit.md.
+
+Only the paper's summary survives (figure captions, the start of Theorem 1), so the equations
+below are *our reconstruction*, not the paper's text; docs/circuit.md says which is which.
+
+The upstream pathway is the bioprop.MLP (weights W_l, hidden activation f, D_l = f'(z_l)). The
+rule owns a downstream pathway with, per hidden level l = 1..L-1, a population of width
+m_l = r_l n_l and three plastic matrices besides W_l:
+
+    W̄_L: n_{L-1} x n_L   top feedback (error module -> error compartment of upstream L-1)
+    W̄_l: n_{l-1} x m_l   downstream l -> error compartment of upstream l-1      (l = 2..L-1)
+    V_l:  m_l x n_l       upstream l's error compartment -> downstream l
+    V̄_l: n_l x m_l       downstream l -> teaching compartment of upstream l
+
+All of them start as independent random draws (no symmetric start). One step on a batch:
+
+    forward:   z_l = W_l h_{l-1} + b_l,  h_l = f(z_l) (l < L),  e = dLoss/dz_L
+    feedback:  eps_{L-1} = D_{L-1} (W̄_L e)
+               for l = L-1 .. 1:  hb_l  = g(V_l eps_l)          downstream activity (g: identity default)
+                                  a_l   = V̄_l hb_l             teaching signal
+                                  eps_{l-1} = D_{l-1} (W̄_l hb_l)   (l > 1)
+    plasticity (batch means <.>, all at once, from the signals above):
+      W_L  -= eta_W (<e h_{L-1}ᵀ> + lam W_L)        W_l  -= eta_W (<a_l h_{l-1}ᵀ> + lam W_l)
+      W̄_L -= eta_W (<h_{L-1} eᵀ> + lam W̄_L)        W̄_l -= eta_W̄ <h_{l-1} hb_lᵀ> + eta_W lam W̄_l
+      X_l   = <hb_l (eps_l - a_l)ᵀ> / rho_l,        rho_l = <||eps_l||^2>   (one scalar per level)
+      V_l  += eta_V X_l - kappa V_l                 V̄_l += eta_V̄ X_lᵀ - kappa V̄_l
+      b_L  -= eta_W <e>                             b_l  -= eta_W <a_l>      (when the net has biases)
+
+Why it assembles (SPEC-circuit.md): the shared increment X_l and the common decay drive
+V_l - c V̄_lᵀ -> 0 with c = eta_V / eta_V̄; the delta rule makes V̄_l V_l the identity on the
+error subspace; the Kolen-Pollack pairs drive W̄_L -> W_Lᵀ and W̄_l V_l -> W_lᵀ, so eps_l tends to
+BP's delta d_l and a_l -> c H_l d_l with H_l = V̄_l V̄_lᵀ. Then the W_l update is Theorem 1's
+form, SGD preconditioned by the positive definite matrix c H_l: <a_l h_{l-1}ᵀ> -> c H_l dLoss/dW_l.
+`bioprop.diagnostics` measures how far each of these limits has been reached.
+
+Notation map: the paper's W, W̄, V, V̄ keep their names; the paper's downstream activities h̄ are
+our hb_l; levels are indexed forward like every bioprop network (SPEC.md conventions).
+Options beyond the SPEC's default (the V/V̄ rule, which synapse types are plastic, g, the
+ratio per level, per-type learning rates and init scales) exist to search the design space.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..activations import get_activation
+from ..diagnostics import cosine
+from ..errors import BioPropError
+from ..network import MLP
+from .base import LearningRule, check_positive
+
+Tensor = torch.Tensor
+
+SYNAPSE_TYPES = ("W", "Wbar", "V", "Vbar")
+DOWNSTREAM_ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid", "leaky_relu")
+
+
+def _delta_cross(hb: Tensor, eps: Tensor, teaching: Tensor) -> Tensor:
+    """The SPEC's rule: the delta rule of V̄ (target eps, prediction a = V̄ hb), shared with V."""
+    return hb.T @ (eps - teaching)
+
+
+def _hebbian_cross(hb: Tensor, eps: Tensor, teaching: Tensor) -> Tensor:
+    return hb.T @ eps
+
+
+def _anti_hebbian_cross(hb: Tensor, eps: Tensor, teaching: Tensor) -> Tensor:
+    return -(hb.T @ eps)
+
+
+#: name -> (batch-summed increment X of shape (m, n), normalised by rho?)
+CROSS_RULES: dict[str, tuple[Callable[[Tensor, Tensor, Tensor], Tensor], bool]] = {
+    "delta": (_delta_cross, True),
+    "delta_raw": (_delta_cross, False),
+    "hebbian": (_hebbian_cross, True),
+    "anti_hebbian": (_anti_hebbian_cross, True),
+}
+
+
+class FourSynapseCircuit(LearningRule):
+    """The upstream/downstream circuit. `lr` is eta_W, the upstream learning rate.
+
+    ratio: downstream width m_l = round(r n_l); one number for every level or a comma-separated
+        list, one per hidden level ("4,4,2").
+    downstream_activation: g, one of DOWNSTREAM_ACTIVATIONS ("identity" is the SPEC's default).
+    scale_wbar, scale_v, scale_vbar: initial scale of each matrix type, as a factor on the
+        uniform Glorot bound sqrt(6 / (fan_in + fan_out)) of a matrix of that shape.
+    eta_wbar (None: = lr), eta_v, eta_vbar: learning rates of W̄_l (l < L), V, V̄. W̄_L learns with lr.
+    lam: weight decay of the Kolen-Pollack pairs (W, W̄). kappa: decay of V and V̄ per step.
+    plastic: which synapse types learn, a comma-separated subset of W,Wbar,V,Vbar ("all", "W").
+    cross_rule: the V/V̄ increment: "delta" (normalised delta rule, default), "delta_raw"
+        (without rho), "hebbian", "anti_hebbian", or a callable (hb, eps, a) -> X summed over
+        the batch, shape (m_l, n_l); named rules other than delta_raw are divided by rho.
+    seed: seeds the draw of the downstream matrices (None: torch's global generator).
+    """
+
+    name = "circuit"
+
+    def __init__(
+        self,
+        lr: float = 0.05,
+        loss: str = "mse",
+        ratio: float | str = "4",
+        downstream_activation: str = "identity",
+        scale_wbar: float = 1.0,
+        scale_v: float = 0.1,
+        scale_vbar: float = 0.1,
+        eta_wbar: float | None = None,
+        eta_v: float = 0.3,
+        eta_vbar: float = 0.3,
+        lam: float = 1e-3,
+        kappa: float = 1e-4,
+        plastic: str = "all",
+        cross_rule: str | Callable = "delta",
+        seed: int | None = None,
+    ):
+        super().__init__(lr, loss)
+        self.ratios = _parse_ratios(ratio)
+        self.ratio = ratio
+        name = "linear" if downstream_activation == "identity" else downstream_activation
+        if downstream_activation not in DOWNSTREAM_ACTIVATIONS:
+            raise BioPropError(f"downstream_activation={downstream_activation!r}: choose one of {DOWNSTREAM_ACTIVATIONS}")
+        self.downstream_activation = downstream_activation
+        self.g = get_activation(name)
+        self.scale_wbar = check_positive("scale_wbar", scale_wbar, allow_zero=True)
+        self.scale_v = check_positive("scale_v", scale_v, allow_zero=True)
+        self.scale_vbar = check_positive("scale_vbar", scale_vbar, allow_zero=True)
+        self.eta_wbar = None if eta_wbar is None else check_positive("eta_wbar", eta_wbar, allow_zero=True)
+        self.eta_v = check_positive("eta_v", eta_v, allow_zero=True)
+        self.eta_vbar = check_positive("eta_vbar", eta_vbar, allow_zero=True)
+        self.lam = check_positive("lam", lam, allow_zero=True)
+        self.kappa = check_positive("kappa", kappa, allow_zero=True)
+        if self.kappa >= 1:
+            raise BioPropError(f"kappa={kappa!r}: the decay per step must be < 1 (typically 1e-4)")
+        self.plastic = _parse_plastic(plastic)
+        if callable(cross_rule):
+            self.cross_increment, self.normalise_cross = cross_rule, False
+        elif cross_rule in CROSS_RULES:
+            self.cross_increment, self.normalise_cross = CROSS_RULES[cross_rule]
+        else:
+            raise BioPropError(f"cross_rule={cross_rule!r}: choose one of {sorted(CROSS_RULES)} or pass a callable (hb, eps, a) -> X")
+        self.cross_rule = cross_rule
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise BioPropError(f"seed={seed!r}: give an integer or None")
+        self.seed = seed
+        # the downstream pathway, drawn on the first step (or by initialize)
+        self.feedback: list[Tensor] = []  # W̄_2 .. W̄_L (index l-2)
+        self.to_downstream: list[Tensor] = []  # V_1 .. V_{L-1} (index l-1)
+        self.to_teaching: list[Tensor] = []  # V̄_1 .. V̄_{L-1} (index l-1)
+        self.sizes: list[int] | None = None
+
+    # -- the downstream pathway ------------------------------------------------------------------
+    @property
+    def learning_rate_wbar(self) -> float:
+        return self.lr if self.eta_wbar is None else self.eta_wbar
+
+    @property
+    def theorem_scale(self) -> float:
+        """c = eta_V / eta_V̄, the factor of Theorem 1's limit a_l -> c H_l d_l (NaN if undefined)."""
+        return self.eta_v / self.eta_vbar if self.eta_vbar > 0 and self.eta_v > 0 else math.nan
+
+    def downstream_widths(self, sizes: Sequence[int]) -> list[int]:
+        hidden = list(sizes[1:-1])
+        ratios = self.ratios if len(self.ratios) > 1 else self.ratios * len(hidden)
+        if len(ratios) != len(hidden):
+            raise BioPropError(
+                f"ratio={self.ratio!r}: gives {len(ratios)} ratios for a net with {len(hidden)} hidden levels; "
+                "give one number or one per hidden level"
+            )
+        return [max(1, round(r * n)) for r, n in zip(ratios, hidden)]
+
+    def initialize(self, net: MLP) -> None:
+        """Draw W̄, V, V̄ for `net` as independent uniform Glorot draws times their scales."""
+        generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+        sizes = list(net.sizes)
+        widths = self.downstream_widths(sizes)
+        hidden = sizes[1:-1]
+
+        def draw(rows: int, cols: int, scale: float) -> Tensor:
+            bound = math.sqrt(6.0 / (rows + cols)) * scale
+            sample = (torch.rand(rows, cols, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+            return sample.to(dtype=net.dtype, device=net.device)
+
+        self.to_downstream = [draw(m, n, self.scale_v) for m, n in zip(widths, hidden)]
+        self.to_teaching = [draw(n, m, self.scale_vbar) for m, n in zip(widths, hidden)]
+        # W̄_l for l = 2..L-1 maps downstream l (width m_l) to upstream l-1; W̄_L maps the error.
+        self.feedback = [draw(sizes[l - 1], widths[l - 1], self.scale_wbar) for l in range(2, len(sizes) - 1)]
+        if len(sizes) > 2:
+            self.feedback.append(draw(sizes[-2], sizes[-1], self.scale_wbar))
+        self.sizes = sizes
+
+    def _ensure_initialized(self, net: MLP) -> None:
+        if self.sizes is None:
+            self.initialize(net)
+        elif self.sizes != list(net.sizes):
+            raise BioPropError(
+                f"net: sizes {net.sizes} differ from the {self.sizes} this circuit's downstream pathway was drawn for; "
+                "use a new rule (or call rule.initialize(net)) for a different network"
+            )
+        if self.to_downstream and (self.to_downstream[0].dtype != net.dtype or self.to_downstream[0].device != net.device):
+            self._to(net.dtype, net.device)
+
+    def _to(self, dtype, device) -> None:
+        self.feedback = [m.to(dtype=dtype, device=device) for m in self.feedback]
+        self.to_downstream = [m.to(dtype=dtype, device=device) for m in self.to_downstream]
+        self.to_teaching = [m.to(dtype=dtype, device=device) for m in self.to_teaching]
+
+    def preconditioners(self) -> list[Tensor]:
+        """H_l = V̄_l V̄_lᵀ for l = 1..L-1 (Theorem 1's matrix learning rate, up to c)."""
+        return [vbar @ vbar.T for vbar in self.to_teaching]
+
+    def alignment(self, net: MLP) -> dict[str, list[float]]:
+        """How far self-assembly has gone, per level (see diagnostics for the definitions)."""
+        if self.sizes is None:
+            return {}
+        L = net.n_layers
+        weights = net.weights
+        kp = [cosine(self.feedback[l - 2] @ self.to_downstream[l - 1], weights[l - 1].T) for l in range(2, L)]
+        if L > 1:
+            kp.append(cosine(self.feedback[-1], weights[-1].T))
+        return {
+            "one_minus_cos_v_vbar": [1.0 - cosine(v, vbar.T) for v, vbar in zip(self.to_downstream, self.to_teaching)],
+            "cos_feedback_wT": kp,  # levels 2..L: cos(W̄_l V_l, W_lᵀ), and cos(W̄_L, W_Lᵀ) last
+        }
+
+    # -- one step ------------------------------------------------------------------------------------
+    def feedback_sweep(self, net: MLP, rates: list[Tensor], preactivations: list[Tensor], error: Tensor):
+        """The downstream signals of one batch: (eps_1..eps_{L-1}, hb_1..hb_{L-1}, a_1..a_{L-1})."""
+        L = net.n_layers
+        derivative = net.activation.derivative
+        eps: list[Tensor] = [None] * (L - 1)  # type: ignore[list-item]
+        downstream: list[Tensor] = [None] * (L - 1)  # type: ignore[list-item]
+        teaching: list[Tensor] = [None] * (L - 1)  # type: ignore[list-item]
+        if L == 1:
+            return eps, downstream, teaching
+        eps[L - 2] = derivative(preactivations[L - 2]) * (error @ self.feedback[-1].T)
+        for l in range(L - 1, 0, -1):
+            downstream[l - 1] = self.g(eps[l - 1] @ self.to_downstream[l - 1].T)
+            teaching[l - 1] = downstream[l - 1] @ self.to_teaching[l - 1].T
+            if l > 1:
+                eps[l - 2] = derivative(preactivations[l - 2]) * (downstream[l - 1] @ self.feedback[l - 2].T)
+        return eps, downstream, teaching
+
+    def _step(self, net: MLP, x: Tensor, y: Tensor, trace: bool) -> dict[str, Any]:
+        self._ensure_initialized(net)
+        forward = net.forward_pass(x)
+        output = forward.output
+        error = self.loss.output_error(output, y)
+        eps, downstream, teaching = self.feedback_sweep(net, forward.rates, forward.preactivations, error)
+        L = net.n_layers
+        batch = x.shape[0]
+        rates = forward.rates
+        # what each W_l's update uses in place of dLoss/dW_l: the error at the top, a_l below
+        signals = [*teaching, error]
+        estimates = [(signal.T @ rate) / batch for signal, rate in zip(signals, rates)]
+
+        changes_w = [-self.lr * (g_l + self.lam * w) for g_l, w in zip(estimates, net.weights)]
+        changes_b = [-self.lr * s.mean(dim=0) for s in signals] if net.has_bias else []
+        changes_fb, changes_v, changes_vbar = [], [], []
+        if L > 1:
+            if "Wbar" in self.plastic:
+                for l in range(2, L):
+                    wbar = self.feedback[l - 2]
+                    hebbian = (rates[l - 1].T @ downstream[l - 1]) / batch
+                    changes_fb.append(-self.learning_rate_wbar * hebbian - self.lr * self.lam * wbar)
+                changes_fb.append(-self.lr * ((rates[L - 1].T @ error) / batch + self.lam * self.feedback[-1]))
+            for l in range(1, L):
+                rho = (eps[l - 1] ** 2).sum(dim=1).mean()
+                increment = self.cross_increment(downstream[l - 1], eps[l - 1], teaching[l - 1]) / batch
+                if self.normalise_cross:
+                    # rho normalises the delta rule's step: without it the cross pair explodes
+                    increment = increment / rho if rho > 0 else torch.zeros_like(increment)
+                if "V" in self.plastic:
+                    changes_v.append(self.eta_v * increment - self.kappa * self.to_downstream[l - 1])
+                if "Vbar" in self.plastic:
+                    changes_vbar.append(self.eta_vbar * increment.T - self.kappa * self.to_teaching[l - 1])
+
+        if "W" in self.plastic:
+            for w, change in zip(net.weights, changes_w):
+                w.data.add_(change)
+            for b, change in zip(net.biases or [], changes_b):
+                b.data.add_(change)
+        for matrix, change in zip(self.feedback, changes_fb):
+            matrix.add_(change)
+        for matrix, change in zip(self.to_downstream, changes_v):
+            matrix.add_(change)
+        for matrix, change in zip(self.to_teaching, changes_vbar):
+            matrix.add_(change)
+
+        info: dict[str, Any] = {
+            "loss": float(self.loss(output, y)),
+            "output": output,
+            "deltas": eps,
+            "gradient_estimates": estimates,
+            "teaching": teaching,
+            "downstream": downstream,
+        }
+        if trace:
+            info["trace"] = []
+        return info
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    def options(self) -> dict[str, Any]:
+        return {
+            **super().options(),
+            "ratio": self.ratio,
+            "downstream_activation": self.downstream_activation,
+            "scale_wbar": self.scale_wbar,
+            "scale_v": self.scale_v,
+            "scale_vbar": self.scale_vbar,
+            "eta_wbar": self.eta_wbar,
+            "eta_v": self.eta_v,
+            "eta_vbar": self.eta_vbar,
+            "lam": self.lam,
+            "kappa": self.kappa,
+            "plastic": ",".join(t for t in SYNAPSE_TYPES if t in self.plastic),
+            "cross_rule": self.cross_rule if isinstance(self.cross_rule, str) else getattr(self.cross_rule, "__name__", "callable"),
+            "seed": self.seed,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "sizes": self.sizes,
+            "feedback": [m.clone() for m in self.feedback],
+            "to_downstream": [m.clone() for m in self.to_downstream],
+            "to_teaching": [m.clone() for m in self.to_teaching],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sizes = None if state.get("sizes") is None else list(state["sizes"])
+        self.feedback = [m.clone() for m in state["feedback"]]
+        self.to_downstream = [m.clone() for m in state["to_downstream"]]
+        self.to_teaching = [m.clone() for m in state["to_teaching"]]
+
+
+def _parse_ratios(ratio: float | str | Sequence[float]) -> list[float]:
+    if isinstance(ratio, str):
+        parts = [p for p in ratio.replace(" ", "").split(",") if p]
+    elif isinstance(ratio, (int, float)) and not isinstance(ratio, bool):
+        parts = [ratio]
+    elif isinstance(ratio, Sequence):
+        parts = list(ratio)
+    else:
+        parts = []
+    try:
+        values = [float(p) for p in parts]
+    except (TypeError, ValueError):
+        values = []
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise BioPropError(f"ratio={ratio!r}: give a positive number (downstream width / upstream width) or one per hidden level, e.g. '4,4,2'")
+    return values
+
+
+def _parse_plastic(plastic: str | Sequence[str]) -> frozenset[str]:
+    if isinstance(plastic, str):
+        if plastic.strip().lower() == "all":
+            return frozenset(SYNAPSE_TYPES)
+        names = [p for p in plastic.replace(" ", "").split(",") if p]
+    else:
+        names = list(plastic)
+    unknown = sorted(set(names) - set(SYNAPSE_TYPES))
+    if unknown:
+        raise BioPropError(f"plastic={plastic!r}: unknown synapse type(s) {unknown}; give a comma-separated subset of {','.join(SYNAPSE_TYPES)} or 'all'")
+    return frozenset(names)

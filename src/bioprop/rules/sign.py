@@ -1,0 +1,66 @@
+"""Sign symmetry (sign): Liao, Leibo & Poggio, AAAI 2016; Xiao, Chen, Liao & Poggio 2018.
+
+Feedback alignment (see `fa.py`) whose feedback shares only the signs of the forward weights,
+recomputed from the current W_l at every step:
+
+    B_l = sign(W_l)^T * M_l,      delta_L = e,      delta_{l-1} = f'(z_{l-1}) * (B_l delta_l),
+    W_l <- W_l - lr * <delta_l h_{l-1}^T>,      b_l <- b_l - lr * <delta_l>,
+
+with magnitudes M_l of W_l^T's shape (n_{l-1}, n_l), fixed:
+
+- magnitude="unit" (default): every entry equal, M_l = s_l = gain(f) sqrt(2/(n_{l-1}+n_l)) *
+  feedback_scale. Liao et al.'s "uniform sign-concordant feedback" (uSF) with magnitude 1 made
+  scale-free by their batch normalisation; our MLP has none, and magnitude 1 multiplies each
+  delta by ~ sqrt(n/2) per layer relative to BP (relu, 200 units: ~10x per layer, ~10^3x at
+  layer 1 of a 3-hidden-layer net), which makes SGD at a usual lr diverge. s_l is the RMS of
+  fa's draw for that shape, so B_l has the Frobenius norm fa's feedback has on average.
+  Set feedback_scale to rescale it.
+- magnitude="random": M_l = |R_l|, R_l drawn once like fa's B_l (see `feedback.py`);
+  Xiao et al.'s sign-concordant feedback with random magnitudes.
+
+sign(0) = 0: a synapse that is exactly zero sends no feedback. Notation map: the papers' V (or
+B) is our B_l, their W our W_l.
+
+Options: magnitude ("unit" or "random"), feedback_scale (1.0), seed (0; draws the random
+magnitudes; the trainer passes its --seed).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import BioPropError
+from ..network import _xavier_gain
+from .feedback import FeedbackRule, draw_uniform, xavier_bound
+
+MAGNITUDES = ("unit", "random")
+
+
+class SignSymmetry(FeedbackRule):
+    name = "sign"
+    drawn_name = "magnitudes"
+
+    def __init__(self, lr=0.01, loss="mse", magnitude="unit", feedback_scale=1.0, seed=0):
+        super().__init__(lr, loss, feedback_scale, seed)
+        if magnitude not in MAGNITUDES:
+            raise BioPropError(f"magnitude={magnitude!r}: choose one of {MAGNITUDES}")
+        self.magnitude = magnitude
+
+    def options(self):
+        return {**super().options(), "magnitude": self.magnitude}
+
+    def _draw(self, net):
+        shapes = self.drawn_shapes(net.sizes)
+        if self.magnitude == "random":
+            bounds = [xavier_bound(shape, net.activation.name, self.feedback_scale) for shape in shapes]
+            return [draw.abs() for draw in draw_uniform(shapes, bounds, self.seed)]
+        gain = _xavier_gain(net.activation.name)
+        return [
+            torch.full(shape, gain * math.sqrt(2.0 / sum(shape)) * self.feedback_scale, dtype=torch.float64)
+            for shape in shapes
+        ]
+
+    def feedback(self, net):
+        """B_l = sign(W_l)^T * M_l from the current forward weights."""
+        return [torch.sign(weight).T * magnitude for weight, magnitude in zip(net.weights[1:], self.drawn(net))]
