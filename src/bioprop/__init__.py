@@ -9,12 +9,14 @@ from .activations import Activation, get_activation, register_activation
 from .errors import BioPropError, DataUnavailableError
 from .losses import get_loss
 from .network import MLP
+from .rate_network import RateNetwork
 from .rules import LearningRule, make_rule, rule_names
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MLP",
+    "RateNetwork",
     "Activation",
     "BioPropError",
     "DataUnavailableError",

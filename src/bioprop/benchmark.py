@@ -23,6 +23,11 @@ DEFAULT_CASES = {
     "zil (full dynamics)": ("zil", {"dynamics": "full"}),
     "fazil": ("fazil", {}),
     "il (T=20)": ("il", {"n_steps": 20}),
+    "fa": ("fa", {}),
+    "kp": ("kp", {}),
+    "sign": ("sign", {}),
+    "dfa": ("dfa", {}),
+    "credit": ("credit", {}),
 }
 
 

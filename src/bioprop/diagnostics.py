@@ -115,12 +115,28 @@ def _circuit_figures(rule, stepped, net: MLP, records, estimates, gradients) -> 
         record["one_minus_cos_v_vbar"] = alignment["one_minus_cos_v_vbar"][level - 1]
         record["drift_v"] = relative(stepped.to_downstream[level - 1], rule.to_downstream[level - 1])
         record["drift_vbar"] = relative(stepped.to_teaching[level - 1], rule.to_teaching[level - 1])
-        record.update(spectrum_figures(h))
+        record.update(gram_spectrum_figures(rule.to_teaching[level - 1]))
 
 
 def spectrum_figures(matrix: Tensor) -> dict[str, float]:
     """Effective rank and condition number of a symmetric positive semi-definite matrix."""
-    eigenvalues = torch.linalg.eigvalsh(matrix.double()).clamp(min=0)
+    if not bool(torch.isfinite(matrix).all()):
+        return {"h_effective_rank": math.nan, "h_condition": math.nan}
+    return _figures_from_eigenvalues(torch.linalg.eigvalsh(matrix.double()).clamp(min=0))
+
+
+def gram_spectrum_figures(factor: Tensor) -> dict[str, float]:
+    """spectrum_figures of H = F Fᵀ, from the singular values of F (the eigenvalues of H are
+    their squares); more robust than an eigensolver on an ill-conditioned H."""
+    if not bool(torch.isfinite(factor).all()):
+        return {"h_effective_rank": math.nan, "h_condition": math.nan}
+    eigenvalues = torch.zeros(factor.shape[0], dtype=torch.float64)
+    singular = torch.linalg.svdvals(factor.double())
+    eigenvalues[: singular.numel()] = singular**2
+    return _figures_from_eigenvalues(eigenvalues)
+
+
+def _figures_from_eigenvalues(eigenvalues: Tensor) -> dict[str, float]:
     total = float(eigenvalues.sum())
     if total <= 0:
         return {"h_effective_rank": 0.0, "h_condition": math.inf}

@@ -10,7 +10,9 @@ in float64 and in float32 (if float64 shrinks the difference, float32's was roun
 rule that claims exactness passes when every float64 rel <= tolerance (1e-10). Negative
 controls break one of its conditions on purpose and must *fail* the same check; a control
 that passes means the check cannot see a broken rule, and verify fails. Approximate rules
-(IL) get the figures (cos, rel) without a verdict.
+(IL) get the figures (cos, rel) without a verdict. Rules with settling dynamics (STEP_CUTS:
+credit) also get the divergence against the number of settling iterations k, which must be
+exact from the derived count on and not before.
 """
 from __future__ import annotations
 
@@ -23,10 +25,11 @@ import torch
 from .errors import BioPropError
 from .network import MLP
 from .rules import make_rule
+from .rules.credit import settling_steps_needed
 
 EXACT_TOLERANCE = 1e-10
 
-#: rule -> [(label, options that break one condition)]
+#: rule -> [(label, options that break one condition, or a function of the sizes giving them)]
 NEGATIVE_CONTROLS = {
     "zil": [
         ("C3 broken: gamma=0.99999", {"gamma": 0.99999}),
@@ -37,7 +40,26 @@ NEGATIVE_CONTROLS = {
         ("C3 broken: gamma=0.99999", {"gamma": 0.99999}),
         ("C1 broken: noisy start, sigma=1e-3", {"init_noise": 1e-3}),
     ],
+    "credit": [
+        ("balance gaussian (width 1), not sigma'", {"balance": "gaussian"}),
+        ("firing cut one step short (k = L-1)", lambda sizes: {"firing_steps": len(sizes) - 2}),
+        ("credit cut one step short (k = L-2)", lambda sizes: {"credit_steps": len(sizes) - 3}),
+    ],
 }
+
+
+def _credit_step_cuts(n_layers: int, options: dict) -> dict:
+    """column -> (options limiting settling to k iterations, smallest k derived to be exact)."""
+    firing, credit = settling_steps_needed(n_layers, options.get("output_mode", "clamp"))
+    return {
+        "firing": (lambda k: {"firing_steps": k}, firing),
+        "credit": (lambda k: {"credit_steps": k}, credit),
+        "both": (lambda k: {"firing_steps": k, "credit_steps": k}, max(firing, credit)),
+    }
+
+
+#: rule -> function (n_layers, options) -> the columns of its timescale-cut table (see _credit_step_cuts)
+STEP_CUTS = {"credit": _credit_step_cuts}
 
 
 @dataclass
@@ -72,6 +94,8 @@ class VerifyReport:
     claims_exactness: bool
     comparisons: list[Comparison]
     controls: list[dict] = field(default_factory=list)
+    #: divergence from BP against the number of settling iterations k (rules in STEP_CUTS)
+    step_cuts: dict = field(default_factory=dict)
 
     @property
     def vacuous(self) -> list[str]:
@@ -87,7 +111,8 @@ class VerifyReport:
     def passed(self) -> bool:
         if not self.claims_exactness:
             return True
-        return self.exact and all(control["diverges"] for control in self.controls)
+        cuts_as_derived = not self.step_cuts or self.step_cuts["as_derived"]
+        return self.exact and all(control["diverges"] for control in self.controls) and cuts_as_derived
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -177,11 +202,29 @@ def verify_rule(
         # a control breaks one condition; the shortcut dynamics refuses broken conditions, so drop it
         base_options = {k: v for k, v in rule_options.items() if k != "dynamics"}
         for label, broken in NEGATIVE_CONTROLS.get(rule_name, []):
+            broken = broken(sizes) if callable(broken) else broken
             result = compare_updates(rule_name, {**base_options, **broken}, dtype=torch.float64, **setup)
             report.controls.append(
                 {"control": label, "options": broken, "max_rel": result.max_rel, "diverges": result.max_rel > EXACT_TOLERANCE}
             )
+        if rule_name in STEP_CUTS:
+            report.step_cuts = step_cut_table(STEP_CUTS[rule_name](len(sizes) - 1, rule_options), rule_name, base_options, setup)
     return report
+
+
+def step_cut_table(columns: dict, rule_name: str, rule_options: dict, setup: dict) -> dict:
+    """float64 max rel against BP with settling limited to k = 1 .. L+1 iterations, per column;
+    as_derived: every cell is exact exactly when k reaches the column's derived count."""
+    n_layers = len(setup["sizes"]) - 1
+    rows, as_derived = [], True
+    for k in range(1, n_layers + 2):
+        row = {"k": k}
+        for column, (cut, needed) in columns.items():
+            result = compare_updates(rule_name, {**rule_options, **cut(k)}, dtype=torch.float64, **setup)
+            row[column] = result.max_rel
+            as_derived &= (result.max_rel <= EXACT_TOLERANCE) == (k >= needed)
+        rows.append(row)
+    return {"needed": {column: needed for column, (_, needed) in columns.items()}, "rows": rows, "as_derived": as_derived}
 
 
 def format_report(report: VerifyReport) -> str:
@@ -214,12 +257,29 @@ def format_report(report: VerifyReport) -> str:
             for control in report.controls:
                 mark = "diverges" if control["diverges"] else "DOES NOT DIVERGE: the check is blind"
                 lines.append(f"    {control['control']:<42} max rel {control['max_rel']:.2e}  {mark}")
+        if report.step_cuts:
+            lines.extend(_format_step_cuts(report.step_cuts))
     else:
         lines.append(
             f"  approximate rule (no exactness claim): float64 max rel {float64.max_rel:.3e}, min cos {float64.min_cos:.6f}"
         )
     lines.append(f"  result: {'PASS' if report.passed else 'FAIL'}")
     return "\n".join(lines)
+
+
+def _format_step_cuts(table: dict) -> list[str]:
+    columns = list(table["needed"])
+    needed = ", ".join(f"{column} from k = {k}" for column, k in table["needed"].items())
+    lines = [
+        "  timescale cut: float64 max rel vs BP, settling limited to k iterations from rest ('*' = exact)",
+        f"    derived: exact for {needed}; "
+        + ("the table agrees" if table["as_derived"] else "THE TABLE DISAGREES WITH THE DERIVATION"),
+        "    " + f"{'k':>3}" + "".join(f"{column + ' = k':>16}" for column in columns),
+    ]
+    for row in table["rows"]:
+        cells = "".join(f"{row[c]:>15.2e}{'*' if row[c] <= EXACT_TOLERANCE else ' '}" for c in columns)
+        lines.append("    " + f"{row['k']:>3}" + cells)
+    return lines
 
 
 # -- command line -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from ..errors import BioPropError
 from .base import LearningRule
 from .bp import BackpropRule
 from .circuit import FourSynapseCircuit
+from .credit import CreditRule
 from .dfa import DirectFeedbackAlignment
 from .fa import FeedbackAlignment
 from .fazil import FullyAutonomousZIL
@@ -25,6 +26,7 @@ RULES: dict[str, type[LearningRule]] = {
     "sign": SignSymmetry,
     "dfa": DirectFeedbackAlignment,
     "circuit": FourSynapseCircuit,
+    "credit": CreditRule,
 }
 
 

@@ -14,8 +14,10 @@ Notation map: the paper's delta a_k = (B_k e) (.) f'(a_k) is our delta_l with k 
 a_k our z_l. With one hidden layer and B_1 = W_2^T the rule is BP (tested against autograd).
 
 Alignment: dfa has no per-layer transpose to compare with. `feedback_alignment(net)` returns,
-for l = 1..L-1, cos(B_l, (W_L W_{L-1} ... W_{l+1})^T): the feedback BP would use in a linear
-network, i.e. with the activations' derivatives between layer l and the output ignored.
+for l = 2..L (the positions of fa's list: the entry for l is the feedback into hidden layer
+l-1), cos(B_{l-1}, (W_L W_{L-1} ... W_l)^T): the path back from the output that B_{l-1}
+replaces, as BP would use it in a linear network, i.e. with the activations' derivatives
+between layer l-1 and the output ignored. For l = L it is cos(B_{L-1}, W_L^T), as in fa.
 
 Options: feedback_scale (1.0), seed (0; the trainer passes its --seed).
 """
@@ -38,7 +40,7 @@ class DirectFeedbackAlignment(FeedbackRule):
         return direct_sweep(net, forward, output_error, feedback)
 
     def feedback_alignment(self, net):
-        """cos(B_l, (W_L ... W_{l+1})^T) for l = 1..L-1 (activation derivatives ignored)."""
+        """cos(B_{l-1}, (W_L ... W_l)^T) for l = 2..L (activation derivatives ignored)."""
         feedback = self.feedback(net)
         weights = [weight.detach() for weight in net.weights]
         alignment = []
