@@ -93,6 +93,10 @@ class FourSynapseCircuit(LearningRule):
     cross_rule: the V/V̄ increment: "delta" (normalised delta rule, default), "delta_raw"
         (without rho), "hebbian", "anti_hebbian", or a callable (hb, eps, a) -> X summed over
         the batch, shape (m_l, n_l); named rules other than delta_raw are divided by rho.
+    normalizer: what rho_l measures: "error" (the SPEC's <||eps_l||^2>) or "downstream"
+        (<||hb_l||^2>, the normalised LMS of adaptive filtering: the delta rule is then stable
+        for eta_V̄ < 2 whatever the downstream width and scale of V, where "error" lets
+        eta ||hb||^2 / ||eps||^2 grow with the width r and diverge).
     seed: seeds the draw of the downstream matrices (None: torch's global generator).
     """
 
@@ -114,6 +118,7 @@ class FourSynapseCircuit(LearningRule):
         kappa: float = 1e-4,
         plastic: str = "all",
         cross_rule: str | Callable = "delta",
+        normalizer: str = "error",
         seed: int | None = None,
     ):
         super().__init__(lr, loss)
@@ -142,6 +147,9 @@ class FourSynapseCircuit(LearningRule):
         else:
             raise BioPropError(f"cross_rule={cross_rule!r}: choose one of {sorted(CROSS_RULES)} or pass a callable (hb, eps, a) -> X")
         self.cross_rule = cross_rule
+        if normalizer not in ("error", "downstream"):
+            raise BioPropError(f"normalizer={normalizer!r}: choose 'error' (rho = <||eps||^2>, the SPEC) or 'downstream' (rho = <||hb||^2>)")
+        self.normalizer = normalizer
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise BioPropError(f"seed={seed!r}: give an integer or None")
         self.seed = seed
@@ -267,7 +275,8 @@ class FourSynapseCircuit(LearningRule):
                     changes_fb.append(-self.learning_rate_wbar * hebbian - self.lr * self.lam * wbar)
                 changes_fb.append(-self.lr * ((rates[L - 1].T @ error) / batch + self.lam * self.feedback[-1]))
             for l in range(1, L):
-                rho = (eps[l - 1] ** 2).sum(dim=1).mean()
+                normalising = eps[l - 1] if self.normalizer == "error" else downstream[l - 1]
+                rho = (normalising**2).sum(dim=1).mean()
                 increment = self.cross_increment(downstream[l - 1], eps[l - 1], teaching[l - 1]) / batch
                 if self.normalise_cross:
                     # rho normalises the delta rule's step: without it the cross pair explodes
@@ -317,6 +326,7 @@ class FourSynapseCircuit(LearningRule):
             "kappa": self.kappa,
             "plastic": ",".join(t for t in SYNAPSE_TYPES if t in self.plastic),
             "cross_rule": self.cross_rule if isinstance(self.cross_rule, str) else getattr(self.cross_rule, "__name__", "callable"),
+            "normalizer": self.normalizer,
             "seed": self.seed,
         }
 

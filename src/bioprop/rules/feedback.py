@@ -34,7 +34,7 @@ import torch
 
 from ..errors import BioPropError
 from ..network import MLP, ForwardPass, _xavier_gain
-from .base import LearningRule, check_int, check_positive, sgd_write
+from .base import LearningRule, check_int, check_positive
 
 Tensor = torch.Tensor
 
@@ -80,7 +80,7 @@ def direct_sweep(net: MLP, forward: ForwardPass, output_error: Tensor, feedback:
 def gradient_estimates(deltas: Sequence[Tensor], rates: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
     """G_l = <delta_l h_{l-1}^T> (n_l, n_{l-1}) and g_l = <delta_l> (n_l,), batch means, l = 1..L."""
     batch = deltas[0].shape[0]
-    weights = [delta.T @ rate / batch for delta, rate in zip(deltas, rates)]
+    weights = [(delta.T / batch) @ rate for delta, rate in zip(deltas, rates)]
     biases = [delta.mean(dim=0) for delta in deltas]
     return weights, biases
 
@@ -89,10 +89,16 @@ def sgd_step(net: MLP, weight_estimates: Sequence[Tensor], bias_estimates: Seque
              decay: float = 0.0) -> None:
     """W_l -= lr * (G_l + decay * W_l),  b_l -= lr * g_l   (decay on the weights only)."""
     for weight, estimate in zip(net.weights, weight_estimates):
-        change = estimate + decay * weight if decay else estimate
-        sgd_write(weight, -lr * change)
+        decay_and_descend(weight.data, estimate, lr, decay)
     for bias, estimate in zip(net.biases or [], bias_estimates):
-        sgd_write(bias, -lr * estimate)
+        bias.data.add_(estimate, alpha=-lr)
+
+
+def decay_and_descend(tensor: Tensor, estimate: Tensor, lr: float, decay: float) -> None:
+    """tensor <- (1 - lr * decay) * tensor - lr * estimate, in place (no full-size temporaries)."""
+    if decay:
+        tensor.mul_(1.0 - lr * decay)
+    tensor.add_(estimate, alpha=-lr)
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
