@@ -97,7 +97,8 @@ class FourSynapseCircuit(LearningRule):
         (<||hb_l||^2>, the normalised LMS of adaptive filtering: the delta rule is then stable
         for eta_V̄ < 2 whatever the downstream width and scale of V, where "error" lets
         eta ||hb||^2 / ||eps||^2 grow with the width r and diverge).
-    seed: seeds the draw of the downstream matrices (None: torch's global generator).
+    seed: seeds the draw of the downstream matrices (None: torch's global generator); the
+        trainer passes its --seed.
     """
 
     name = "circuit"
@@ -119,7 +120,7 @@ class FourSynapseCircuit(LearningRule):
         plastic: str = "all",
         cross_rule: str | Callable = "delta",
         normalizer: str = "error",
-        seed: int | None = None,
+        seed: int | None = 0,
     ):
         super().__init__(lr, loss)
         self.ratios = _parse_ratios(ratio)

@@ -1,0 +1,269 @@
+"""Shared pieces of the Liao et al. 2024 reproduction commands (`bioprop reproduce liao2024-*`).
+
+The paper (Liao, Ziyin, Gan, Cheung, Harnett & Poggio, "Self-assembly of a biologically
+plausible learning circuit", arXiv 2412.20018) reaches us only as a summary with figure
+captions; the circuit we train is the reconstruction in SPEC-circuit.md (rules/circuit.py), and
+docs/circuit.md says which parts are the paper's and which are ours.
+
+Every command here trains networks the same way, so that rules are compared under control:
+
+- the network is bioprop.MLP([n_features, *hidden, n_classes]) with ReLU hidden units (the
+  paper's upstream pathway is a ReLU network), biases, Xavier init, float32, drawn from `seed`;
+- every rule gets the same initial weights and the same batch order for a seed (the order comes
+  from a torch.Generator seeded like `bioprop train`'s), and a rule with a `seed` option gets
+  the seed too (its random feedback or downstream pathway);
+- softmax cross-entropy loss, plain SGD on batch means, one learning rate for every rule
+  (the circuit's eta_W; by default the circuit rule's own default lr, read from its signature,
+  so the lead's tuning of the circuit carries over without touching this file);
+- every other option is the rule's own default unless an experiment sweeps it.
+
+A run that blows up (a non-finite loss or weight) stops and is reported as diverged, with the
+test accuracy its last network scores.
+"""
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from ..data import Dataset, load_dataset
+from ..diagnostics import measure
+from ..errors import BioPropError
+from ..files import write_atomic, write_csv
+from ..network import MLP
+from ..rules import RULES, make_rule
+from ..train import _shuffle_seed, evaluate
+
+#: the baselines of the accuracy comparison, in the order tables list them
+BASELINES = ("bp", "fa", "kp", "sign", "dfa")
+
+
+def circuit_default(option: str) -> Any:
+    """The circuit rule's own default for `option` (e.g. "lr" = eta_W), read from its signature."""
+    return inspect.signature(RULES["circuit"].__init__).parameters[option].default
+
+
+# -- command-line settings ------------------------------------------------------------------
+def add_common_arguments(parser, quick: dict, full: dict, datasets_help: str | None = None) -> None:
+    """--full, --dataset, --data-dir, --download, --epochs, --seeds, --lr, --batch, --hidden, --out."""
+    def shown(key: str) -> str:
+        q, f = quick.get(key), full.get(key)
+        text = lambda v: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+        return f" (quick: {text(q)}; --full: {text(f)})"
+
+    parser.add_argument("--full", action="store_true", help="the paper's setup (hours on a CPU); default: a quick setting")
+    if datasets_help is None:
+        parser.add_argument("--dataset", default=None, metavar="NAME", help="data set" + shown("dataset"))
+    else:
+        parser.add_argument("--dataset", nargs="+", default=None, metavar="NAME", help=datasets_help)
+    parser.add_argument("--data-dir", default=None, metavar="DIR", help="folder holding the data set files")
+    parser.add_argument("--download", action="store_true", help="download missing data set files")
+    parser.add_argument("--epochs", type=int, default=None, metavar="N", help="training epochs" + shown("epochs"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N", help="seeds" + shown("seeds"))
+    parser.add_argument("--lr", type=float, default=None, metavar="LR",
+                        help="learning rate of every rule (the circuit's eta_W; default: the circuit rule's default lr)")
+    parser.add_argument("--batch", type=int, default=None, metavar="N", help="batch size" + shown("batch"))
+    parser.add_argument("--hidden", type=int, nargs="+", default=None, metavar="N", help="hidden widths" + shown("hidden"))
+    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: results/liao2024-NAME)")
+
+
+def resolve_settings(args, quick: dict, full: dict, keys: Iterable[str] = ()) -> dict[str, Any]:
+    """QUICK or FULL, overridden by the flags given; checked. `keys`: extra flags to copy."""
+    settings = dict(full if args.full else quick)
+    for key in ("dataset", "epochs", "seeds", "lr", "batch", "hidden", *keys):
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        if key in ("epochs", "batch") and value < 1:
+            raise BioPropError(f"--{key} {value!r}: give an integer >= 1")
+        if key == "hidden" and (not value or min(value) < 1):
+            raise BioPropError(f"--hidden {' '.join(map(str, value))}: give one or more widths >= 1")
+        if key == "seeds" and (not value or min(value) < 0):
+            raise BioPropError("--seeds: give one or more seeds >= 0")
+        if key == "lr" and not (math.isfinite(value) and value > 0):
+            raise BioPropError(f"--lr {value!r}: give a finite number > 0")
+        settings[key] = list(value) if isinstance(value, (list, tuple)) else value
+    if settings.get("lr") is None:
+        settings["lr"] = circuit_default("lr")
+    return settings
+
+
+def output_folder(args, name: str) -> Path:
+    """The --out folder (default results/NAME), created only now: call after loading the data."""
+    out = Path(args.out) if args.out else Path("results") / name
+    if out.exists() and not out.is_dir():
+        raise BioPropError(f"--out {out}: exists and is not a folder; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def load(name: str, args) -> Dataset:
+    """A data set by name; a missing one raises the loader's DataUnavailableError (naming the fix)."""
+    return load_dataset(name, data_dir=args.data_dir, download=args.download)
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# -- one training run ------------------------------------------------------------------------
+def build(data: Dataset, rule_name: str, hidden: Sequence[int], seed: int, lr: float,
+          options: dict | None = None, activation: str = "relu", loss: str = "ce"):
+    """(net, rule) for one run; the rule's random pathway (if any) is drawn now, from `seed`."""
+    net = MLP([data.n_features, *hidden, data.n_classes], activation=activation, seed=seed)
+    keywords = dict(options or {})
+    if "seed" in inspect.signature(RULES[rule_name].__init__).parameters:
+        keywords.setdefault("seed", seed)
+    rule = make_rule(rule_name, lr=lr, loss=loss, **keywords)
+    if hasattr(rule, "initialize"):
+        rule.initialize(net)
+    return net, rule
+
+
+def rule_options(rule_name: str, lr: float, options: dict | None = None) -> dict[str, Any]:
+    """Every option a run of `rule_name` uses (the rule's defaults plus `options`), for the record."""
+    keywords = dict(options or {})
+    return make_rule(rule_name, lr=lr, loss="ce", **keywords).options()
+
+
+@dataclass
+class History:
+    """What one run measured: test accuracy after every epoch, the last train loss, diagnostics."""
+
+    test_acc: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    diverged: bool = False
+    diagnostics: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def final(self) -> float:
+        return self.test_acc[-1]
+
+
+def fit(net: MLP, rule, data: Dataset, epochs: int, batch: int, seed: int, diagnostics_every: int = 0) -> History:
+    """Train `net` with `rule` in place: SGD over shuffled batches, test accuracy every epoch.
+
+    diagnostics_every N > 0: every N steps, bioprop.diagnostics.measure on that step's batch
+    (before the step), one record per weight layer with "epoch" and "step" added.
+    """
+    start = time.perf_counter()
+    history = History()
+    shuffle = torch.Generator().manual_seed(_shuffle_seed(seed))
+    train_x, train_y = data.train_x.to(net.dtype), data.train_y
+    test_x, test_y = data.test_x.to(net.dtype), data.test_y
+    step = 0
+    for epoch in range(1, epochs + 1):
+        losses = []
+        for index in torch.randperm(train_x.shape[0], generator=shuffle).split(batch):
+            x, y = train_x[index], train_y[index]
+            if diagnostics_every and step % diagnostics_every == 0:
+                history.diagnostics.extend({"epoch": epoch, "step": step, **r} for r in measure(rule, net, x, y))
+            losses.append(float(rule.step(net, x, y)["loss"]))
+            step += 1
+            if not math.isfinite(losses[-1]):
+                break
+        history.train_loss.append(statistics.fmean(losses))
+        history.test_acc.append(evaluate(net, rule.loss, test_x, test_y)[1])
+        if not math.isfinite(history.train_loss[-1]) or not all(torch.isfinite(p).all() for p in net.parameters_list()):
+            history.diverged = True
+            break
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+def train_run(data: Dataset, rule_name: str, hidden: Sequence[int], seed: int, epochs: int, batch: int, lr: float,
+              options: dict | None = None, activation: str = "relu", diagnostics_every: int = 0):
+    """build + fit: (net, rule, history)."""
+    net, rule = build(data, rule_name, hidden, seed, lr, options, activation)
+    return net, rule, fit(net, rule, data, epochs, batch, seed, diagnostics_every)
+
+
+# -- tables and figures -------------------------------------------------------------------------
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """mean, std (sample; 0 for one value), min, max, n."""
+    values = list(values)
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
+    """A GitHub markdown table; columns: (key, header, format spec) -- "" formats with str()."""
+    def cell(value, spec):
+        if value is None:
+            return "-"
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        return format(value, spec) if spec else str(value)
+
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(cell(row.get(k), spec) for k, _, spec in columns) + " |")
+    return "\n".join(lines)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: tuples to lists, non-finite floats to None (strict JSON has neither)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Strict JSON (non-finite numbers as null), atomically."""
+    write_atomic(Path(path), lambda h: h.write(json.dumps(_plain(data), indent=2) + "\n"))
+
+
+def write_tables(out: Path, stem: str, title: str, rows: list[dict], settings: dict, markdown: str,
+                 notes: str = "", extra: dict | None = None) -> None:
+    """stem.csv (rows), stem.json (settings, rows and `extra`), stem.md (title, settings, table, notes)."""
+    write_csv(out / f"{stem}.csv", rows)
+    write_json(out / f"{stem}.json", {"settings": settings, "rows": rows, **(extra or {})})
+    shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+    text = f"## {title}\n\nSettings: {shown}\n\n{markdown}\n" + (f"\n{notes}\n" if notes else "")
+    write_atomic(out / f"{stem}.md", lambda h: h.write(text))
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path: Path) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    pyplot().close(figure)
+    write_atomic(path, lambda h: h.write(buffer.getvalue()), binary=True)
+
+
+def run_all(jobs: Sequence[tuple[str, Callable[[], Any]]]) -> list[Any]:
+    """Run labelled jobs one after another, saying which and how long each took on stderr."""
+    results = []
+    for number, (label, job) in enumerate(jobs, start=1):
+        start = time.perf_counter()
+        results.append(job())
+        say(f"  [{number}/{len(jobs)}] {label}  ({time.perf_counter() - start:.1f}s)")
+    return results

@@ -1,0 +1,250 @@
+"""The four-synapse circuit (SPEC-circuit.md) and its diagnostics.
+
+Oracles: the SPEC's equations evaluated independently, one sample at a time (closed form);
+autograd's gradient for Theorem 1's limit, on a circuit assembled by hand.
+"""
+import copy
+import math
+
+import pytest
+import torch
+
+import bioprop
+from bioprop.diagnostics import bp_gradients, measure
+from bioprop.errors import BioPropError
+
+from conftest import relative_difference
+
+SIZES = [6, 5, 4, 5, 3]
+
+
+def reference_updates(net, rule, x, y):
+    """SPEC-circuit.md's step, sample by sample with explicit matrix-vector products."""
+    L = net.n_layers
+    W = [w.detach().clone() for w in net.weights]
+    b = [v.detach().clone() for v in net.biases] if net.has_bias else [torch.zeros(w.shape[0], dtype=w.dtype) for w in W]
+    f, df = net.activation.f, net.activation.derivative
+    g = rule.g.f
+    Wbar = [m.clone() for m in rule.feedback]  # W̄_2..W̄_{L-1}, then W̄_L
+    V = [m.clone() for m in rule.to_downstream]
+    Vbar = [m.clone() for m in rule.to_teaching]
+    batch = x.shape[0]
+    dW = [torch.zeros_like(w) for w in W]
+    db = [torch.zeros_like(v) for v in b]
+    dWbar = [torch.zeros_like(m) for m in Wbar]
+    X = [torch.zeros_like(m) for m in V]
+    rho = [0.0] * (L - 1)
+    for n in range(batch):
+        h = [x[n]]
+        z = []
+        for l in range(L):
+            z.append(W[l] @ h[-1] + b[l])
+            h.append(f(z[-1]))
+        p = torch.softmax(z[-1], 0) if rule.loss.name == "ce" else None
+        e = p - y[n] if p is not None else z[-1] - y[n]
+        eps = [None] * (L - 1)
+        hb = [None] * (L - 1)
+        a = [None] * (L - 1)
+        eps[L - 2] = df(z[L - 2]) * (Wbar[-1] @ e)
+        for l in range(L - 1, 0, -1):
+            hb[l - 1] = g(V[l - 1] @ eps[l - 1])
+            a[l - 1] = Vbar[l - 1] @ hb[l - 1]
+            if l > 1:
+                eps[l - 2] = df(z[l - 2]) * (Wbar[l - 2] @ hb[l - 1])
+        signals = a + [e]
+        for l in range(L):
+            dW[l] += torch.outer(signals[l], h[l]) / batch
+            db[l] += signals[l] / batch
+        for l in range(2, L):
+            dWbar[l - 2] += torch.outer(h[l - 1], hb[l - 1]) / batch
+        dWbar[-1] += torch.outer(h[L - 1], e) / batch
+        for l in range(1, L):
+            X[l - 1] += torch.outer(hb[l - 1], eps[l - 1] - a[l - 1]) / batch
+            power = eps[l - 1] if rule.normalizer == "error" else hb[l - 1]
+            rho[l - 1] += float(power @ power) / batch
+    eta_w, lam = rule.lr, rule.lam
+    new_W = [w - eta_w * (d + lam * w) for w, d in zip(W, dW)]
+    new_b = [v - eta_w * d for v, d in zip(b, db)]
+    new_Wbar = [m - rule.learning_rate_wbar * d - eta_w * lam * m for m, d in zip(Wbar[:-1], dWbar[:-1])]
+    new_Wbar.append(Wbar[-1] - eta_w * (dWbar[-1] + lam * Wbar[-1]))
+    new_V = [m + rule.eta_v * x_l / r - rule.kappa * m for m, x_l, r in zip(V, X, rho)]
+    new_Vbar = [m + rule.eta_vbar * x_l.T / r - rule.kappa * m for m, x_l, r in zip(Vbar, X, rho)]
+    return new_W, new_b, new_Wbar, new_V, new_Vbar
+
+
+def batch(sizes, loss, n=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, sizes[0], generator=generator, dtype=torch.float64)
+    if loss == "ce":
+        y = torch.nn.functional.one_hot(torch.randint(0, sizes[-1], (n,), generator=generator), sizes[-1]).double()
+    else:
+        y = torch.randn(n, sizes[-1], generator=generator, dtype=torch.float64)
+    return x, y
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("downstream", ["identity", "relu", "tanh"])
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("normalizer", ["error", "downstream"])
+def test_step_equals_closed_form(activation, downstream, loss, bias, normalizer):
+    net = bioprop.MLP(SIZES, activation=activation, bias=bias, dtype=torch.float64, seed=1)
+    rule = bioprop.make_rule("circuit", lr=0.05, loss=loss, ratio="2,1.5,3", downstream_activation=downstream,
+                             scale_v=0.5, scale_vbar=0.5, eta_wbar=0.02, normalizer=normalizer, seed=3)
+    x, y = batch(SIZES, loss)
+    rule.initialize(net)
+    # one step first, so the second compares a circuit whose matrices have all moved
+    rule.step(net, x, y)
+    expected = reference_updates(net, rule, x, y)
+    rule.step(net, x, y)
+    got = (net.weights, net.biases or [], rule.feedback, rule.to_downstream, rule.to_teaching)
+    for name, want_list, got_list in zip(("W", "b", "Wbar", "V", "Vbar"), expected, got):
+        if name == "b" and not bias:
+            continue
+        for want, have in zip(want_list, got_list):
+            assert relative_difference(have, want) <= 1e-12, name
+
+
+def test_downstream_shapes_follow_the_ratio():
+    net = bioprop.MLP([7, 10, 20, 4], activation="relu", seed=0)
+    rule = bioprop.make_rule("circuit", ratio="1.5,3", seed=0)
+    rule.initialize(net)
+    assert [tuple(v.shape) for v in rule.to_downstream] == [(15, 10), (60, 20)]
+    assert [tuple(v.shape) for v in rule.to_teaching] == [(10, 15), (20, 60)]
+    assert [tuple(m.shape) for m in rule.feedback] == [(10, 60), (20, 4)]
+    uniform = bioprop.make_rule("circuit", ratio=7.5, seed=0)
+    uniform.initialize(net)
+    assert [v.shape[0] for v in uniform.to_downstream] == [75, 150]
+
+
+@pytest.mark.parametrize("plastic", ["W", "W,Vbar", "W,Wbar,V", "all"])
+def test_only_plastic_types_change(plastic):
+    net = bioprop.MLP(SIZES, activation="relu", dtype=torch.float64, seed=0)
+    rule = bioprop.make_rule("circuit", plastic=plastic, seed=0)
+    rule.initialize(net)
+    before = copy.deepcopy(rule)
+    rule.step(net, *batch(SIZES, "mse"))
+    kinds = {"Wbar": "feedback", "V": "to_downstream", "Vbar": "to_teaching"}
+    expected = rule.plastic
+    for kind, attribute in kinds.items():
+        changed = any(not torch.equal(a, b) for a, b in zip(getattr(rule, attribute), getattr(before, attribute)))
+        assert changed == (kind in expected), kind
+
+
+def test_same_seed_same_draw_and_independent_types():
+    net = bioprop.MLP(SIZES, activation="relu", seed=0)
+    first, second, other = (bioprop.make_rule("circuit", seed=s) for s in (5, 5, 6))
+    for rule in (first, second, other):
+        rule.initialize(net)
+    assert all(torch.equal(a, b) for a, b in zip(first.to_teaching, second.to_teaching))
+    assert not torch.equal(first.to_teaching[0], other.to_teaching[0])
+    # V and V̄ are independent draws: no symmetric start
+    assert abs(bioprop.diagnostics.cosine(first.to_downstream[0], first.to_teaching[0].T)) < 0.3
+
+
+def test_state_dict_round_trip_continues_identically():
+    net = bioprop.MLP(SIZES, activation="relu", dtype=torch.float64, seed=0)
+    rule = bioprop.make_rule("circuit", seed=0)
+    x, y = batch(SIZES, "ce")
+    rule.step(net, x, y)
+    state, net_state = copy.deepcopy(rule.state_dict()), copy.deepcopy(net.state_dict())
+    restored = bioprop.make_rule("circuit", seed=99)
+    restored.load_state_dict(state)
+    twin = bioprop.MLP(SIZES, activation="relu", dtype=torch.float64, seed=1)
+    twin.load_state_dict(net_state)
+    rule.step(net, x, y)
+    restored.step(twin, x, y)
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters_list(), twin.parameters_list()))
+    assert all(torch.equal(a, b) for a, b in zip(rule.to_teaching, restored.to_teaching))
+
+
+def assembled_circuit(net, c=2.0, ratio=3):
+    """A circuit in Theorem 1's limit by construction: V_l = c V̄_lᵀ, W̄_L = W_Lᵀ and
+    W̄_l V_l = W_lᵀ (W̄_l = W_lᵀ V_l⁺, exact because V_l has full column rank)."""
+    rule = bioprop.make_rule("circuit", eta_v=0.3 * c, eta_vbar=0.3, ratio=ratio, scale_vbar=1.0, seed=0)
+    rule.initialize(net)
+    rule.to_downstream = [c * vbar.T.clone() for vbar in rule.to_teaching]
+    W = [w.detach() for w in net.weights]
+    L = net.n_layers
+    rule.feedback = [W[l - 1].T @ torch.linalg.pinv(rule.to_downstream[l - 1]) for l in range(2, L)] + [W[-1].T.clone()]
+    return rule
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_theorem1_limit_against_autograd(loss):
+    # oracle: autograd's dLoss/dW_l and deltas. In the assembled limit the circuit's eps_l is
+    # BP's delta and its W_l update is c H_l dLoss/dW_l, H_l = V̄_l V̄_lᵀ, to round-off.
+    net = bioprop.MLP(SIZES, activation="relu", dtype=torch.float64, seed=2)
+    rule = assembled_circuit(net)
+    x, y = batch(SIZES, loss, n=16, seed=4)
+    records = measure(rule, net, x, y)
+    hidden = records[:-1]
+    assert all(r["cos_delta"] > 1 - 1e-12 for r in hidden)
+    assert max(r["theorem1_error"] for r in hidden) <= 1e-10
+    assert records[-1]["rel_update"] <= 1e-12  # the top layer learns from the error itself
+    gradients, _ = bp_gradients(net, rule.loss, x, y)
+    info = copy.deepcopy(rule).step(net.clone(), x, y)
+    for l, h in enumerate(rule.preconditioners()):
+        assert relative_difference(info["gradient_estimates"][l], 2.0 * h @ gradients[l]) <= 1e-10
+
+
+def test_theorem1_negative_control_v_not_proportional_to_vbar():
+    # break V = c V̄ᵀ: the same measurement must show a large error
+    net = bioprop.MLP(SIZES, activation="relu", dtype=torch.float64, seed=2)
+    rule = assembled_circuit(net)
+    generator = torch.Generator().manual_seed(7)
+    rule.to_downstream = [v + 0.5 * v.norm() / math.sqrt(v.numel()) * torch.randn(v.shape, generator=generator, dtype=v.dtype)
+                          for v in rule.to_downstream]
+    records = measure(rule, net, *batch(SIZES, "mse", n=16, seed=4))
+    assert min(r["theorem1_error"] for r in records[:-1]) > 1e-3
+
+
+def test_measure_leaves_rule_and_net_untouched():
+    net = bioprop.MLP(SIZES, activation="relu", dtype=torch.float64, seed=0)
+    rule = bioprop.make_rule("circuit", seed=0)
+    before = [p.detach().clone() for p in net.parameters_list()]
+    records = measure(rule, net, *batch(SIZES, "mse"))
+    assert rule.sizes is None  # not even drawn
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters_list()))
+    assert {"cos_update", "theorem1_error", "h_effective_rank", "h_condition", "drift_v", "one_minus_cos_v_vbar"} <= set(records[0])
+
+
+def test_self_assembly_reduces_theorem1_error():
+    # measured on the embedded digits set, from independent random draws: the circuit starts far
+    # from Theorem 1's form (error ~1) and assembles as it learns, in every hidden layer. Options:
+    # the assembling variant of docs/circuit.md (stronger decay, small feedback start).
+    from bioprop.data import load_dataset
+
+    data = load_dataset("digits")
+    net = bioprop.MLP([64, 48, 48, 10], activation="relu", seed=0)
+    rule = bioprop.make_rule("circuit", lr=0.05, loss="ce", lam=0.003, scale_wbar=0.1, seed=0)
+    probe_x, probe_y = data.train_x[:300], data.train_y[:300]
+    start = [r["theorem1_error"] for r in measure(rule, net, probe_x, probe_y)[:-1]]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(9):  # 9 epochs of batch 16: about 760 steps
+        for index in torch.randperm(data.train_x.shape[0], generator=generator).split(16):
+            rule.step(net, data.train_x[index], data.train_y[index])
+    end = [r["theorem1_error"] for r in measure(rule, net, probe_x, probe_y)[:-1]]
+    assert min(start) > 0.9
+    assert all(e < 0.7 * s for s, e in zip(start, end)), (start, end)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"ratio": 0}, {"ratio": "2,x"}, {"plastic": "W,U"}, {"downstream_activation": "softmax"}, {"kappa": 1.5},
+     {"eta_v": -1}, {"cross_rule": "oja"}, {"normalizer": "weights"}],
+)
+def test_bad_options_are_named(options):
+    name = next(iter(options))
+    with pytest.raises(BioPropError, match=name):
+        bioprop.make_rule("circuit", **options)
+
+
+def test_wrong_ratio_count_and_other_net_are_refused():
+    rule = bioprop.make_rule("circuit", ratio="2,2", seed=0)
+    with pytest.raises(BioPropError, match="ratio"):
+        rule.initialize(bioprop.MLP([5, 4, 4, 4, 2], activation="relu"))
+    rule = bioprop.make_rule("circuit", seed=0)
+    rule.step(bioprop.MLP([5, 4, 2], activation="relu"), torch.zeros(1, 5), torch.zeros(1, 2))
+    with pytest.raises(BioPropError, match="sizes"):
+        rule.step(bioprop.MLP([5, 6, 2], activation="relu"), torch.zeros(1, 5), torch.zeros(1, 2))
