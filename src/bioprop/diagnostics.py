@@ -148,13 +148,14 @@ def _figures_from_eigenvalues(eigenvalues: Tensor) -> dict[str, float]:
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
-    a, b = a.reshape(-1).double(), b.reshape(-1).double()
+    """<a, b> / (||a|| ||b||) over all entries; NaN when either is zero."""
+    a, b = a.detach().reshape(-1).double(), b.detach().reshape(-1).double()
     norms = a.norm() * b.norm()
     return float((a @ b) / norms) if norms > 0 else math.nan
 
 
 def relative(a: Tensor, b: Tensor) -> float:
     """||a - b|| / ||b|| (NaN when b = 0)."""
-    a, b = a.double(), b.double()
+    a, b = a.detach().double(), b.detach().double()
     scale = b.norm()
     return float((a - b).norm() / scale) if scale > 0 else math.nan

@@ -23,7 +23,8 @@ Options: feedback_scale (1.0), seed (0; the trainer passes its --seed).
 """
 from __future__ import annotations
 
-from .feedback import FeedbackRule, cosine, direct_sweep
+from ..diagnostics import cosine
+from .feedback import FeedbackRule, direct_sweep
 
 
 class DirectFeedbackAlignment(FeedbackRule):

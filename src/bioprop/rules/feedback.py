@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..diagnostics import cosine
 from ..errors import BioPropError
 from ..network import MLP, ForwardPass, _xavier_gain
 from .base import LearningRule, check_int, check_positive
@@ -99,13 +100,6 @@ def decay_and_descend(tensor: Tensor, estimate: Tensor, lr: float, decay: float)
     if decay:
         tensor.mul_(1.0 - lr * decay)
     tensor.add_(estimate, alpha=-lr)
-
-
-def cosine(a: Tensor, b: Tensor) -> float:
-    """<a, b> / (||a|| ||b||) over all entries; NaN when either is zero."""
-    a, b = a.detach().double().flatten(), b.detach().double().flatten()
-    norms = a.norm() * b.norm()
-    return float((a @ b) / norms) if norms > 0 else math.nan
 
 
 # -- the shared rule object ------------------------------------------------------------------------
