@@ -27,7 +27,6 @@ dynamics.png (three stacked panels sharing the time axis).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch

@@ -109,7 +109,7 @@ def hidden_neurons(net: RateNetwork) -> torch.Tensor:
 # -- (a) retrograde signal against balance ---------------------------------------------------------
 @torch.no_grad()
 def signal_against_balance(net: RateNetwork, x: torch.Tensor, labels: torch.Tensor, bins: int, state_name: str):
-    """(binned rows, summary row, raw arrays for the figure) for every hidden neuron and sample."""
+    """(binned rows, summary row) over every hidden neuron and sample."""
     state = settled_state(net, x, labels)
     hidden = hidden_neurons(net)
     offset = state["net_input"][:, hidden].abs()
@@ -149,7 +149,7 @@ def signal_against_balance(net: RateNetwork, x: torch.Tensor, labels: torch.Tens
         "credit_ratio": rows[0]["credit_median"] / rows[-1]["credit_median"],
         "points": int(offset_np.size),
     }
-    return rows, summary, {"offset": offset_np, "amplitude": amplitude_np}
+    return rows, summary
 
 
 # -- (b) dw / g against x / w ------------------------------------------------------------------------------
@@ -299,9 +299,9 @@ def run(args) -> int:
                f"{accuracy_before:.4f} -> {accuracy_after:.4f}")
     test_x, test_y = data.test_x.to(torch.float64), data.test_y
 
-    signal_rows, summaries, states = [], [], {}
+    signal_rows, summaries = [], []
     for state_name, mlp in (("initial", initial), ("trained", trained)):
-        rows, summary, _ = signal_against_balance(RateNetwork.from_mlp(mlp), test_x, test_y, settings["bins"], state_name)
+        rows, summary = signal_against_balance(RateNetwork.from_mlp(mlp), test_x, test_y, settings["bins"], state_name)
         signal_rows += rows
         summaries.append(summary)
     fits, points = ratio_analysis(RateNetwork.from_mlp(trained), test_x[:settings["pairs"]], test_y[:settings["pairs"]],
