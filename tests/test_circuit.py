@@ -209,24 +209,26 @@ def test_measure_leaves_rule_and_net_untouched():
     assert {"cos_update", "theorem1_error", "h_effective_rank", "h_condition", "drift_v", "one_minus_cos_v_vbar"} <= set(records[0])
 
 
-def test_self_assembly_reduces_theorem1_error():
-    # measured on the embedded digits set, from independent random draws: the circuit starts far
-    # from Theorem 1's form (error ~1) and assembles as it learns, in every hidden layer. Options:
-    # the assembling variant of docs/circuit.md (stronger decay, small feedback start).
+def test_self_assembly_moves_the_update_towards_theorem1():
+    # measured on the embedded digits set, from independent random draws and default options:
+    # the update starts orthogonal to the gradient and far from Theorem 1's form c H ∇W (with
+    # the best scalar c), and assembles within a few hundred steps in every hidden layer
     from bioprop.data import load_dataset
 
     data = load_dataset("digits")
     net = bioprop.MLP([64, 48, 48, 10], activation="relu", seed=0)
-    rule = bioprop.make_rule("circuit", lr=0.05, loss="ce", lam=0.003, scale_wbar=0.1, seed=0)
+    rule = bioprop.make_rule("circuit", lr=0.05, loss="ce", seed=0)
     probe_x, probe_y = data.train_x[:300], data.train_y[:300]
-    start = [r["theorem1_error"] for r in measure(rule, net, probe_x, probe_y)[:-1]]
+    start = measure(rule, net, probe_x, probe_y)[:-1]
     generator = torch.Generator().manual_seed(0)
-    for _ in range(9):  # 9 epochs of batch 16: about 760 steps
+    for _ in range(8):  # 8 epochs of batch 16: about 680 steps
         for index in torch.randperm(data.train_x.shape[0], generator=generator).split(16):
             rule.step(net, data.train_x[index], data.train_y[index])
-    end = [r["theorem1_error"] for r in measure(rule, net, probe_x, probe_y)[:-1]]
-    assert min(start) > 0.9
-    assert all(e < 0.7 * s for s, e in zip(start, end)), (start, end)
+    end = measure(rule, net, probe_x, probe_y)[:-1]
+    for before, after in zip(start, end):
+        assert abs(before["cos_update"]) < 0.2 and after["cos_update"] > 0.5
+        assert after["theorem1_error_fitted"] < min(1.0, before["theorem1_error_fitted"] / 3)
+        assert after["one_minus_cos_v_vbar"] < 0.5 * before["one_minus_cos_v_vbar"]
 
 
 @pytest.mark.parametrize(
@@ -238,6 +240,21 @@ def test_bad_options_are_named(options):
     name = next(iter(options))
     with pytest.raises(BioPropError, match=name):
         bioprop.make_rule("circuit", **options)
+
+
+def test_a_foreign_state_is_refused():
+    net = bioprop.MLP(SIZES, activation="relu", seed=0)
+    rule = bioprop.make_rule("circuit", ratio=2, seed=0)
+    rule.initialize(net)
+    with pytest.raises(BioPropError, match="state: a circuit state needs"):
+        bioprop.make_rule("circuit").load_state_dict({})
+    with pytest.raises(BioPropError, match=r"state: the feedback shapes .* ratio=3"):
+        bioprop.make_rule("circuit", ratio=3).load_state_dict(rule.state_dict())  # drawn for ratio 2
+    with pytest.raises(BioPropError, match="plastic=3"):
+        bioprop.make_rule("circuit", plastic=3)
+    empty = bioprop.make_rule("circuit", ratio=2)
+    empty.load_state_dict(bioprop.make_rule("circuit").state_dict())  # not drawn yet: draws on its first step
+    assert empty.sizes is None and empty.to_teaching == []
 
 
 def test_wrong_ratio_count_and_other_net_are_refused():

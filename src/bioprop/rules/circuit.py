@@ -99,6 +99,10 @@ class FourSynapseCircuit(LearningRule):
         eta ||hb||^2 / ||eps||^2 grow with the width r and diverge).
     seed: seeds the draw of the downstream matrices (None: torch's global generator); the
         trainer passes its --seed.
+
+    Defaults: SPEC-circuit.md's prototype values (eta_W 0.05, r 4, lam 1e-3, kappa 1e-4) except
+    eta_V = eta_V̄ = 1 and V, V̄ drawn at 0.3 of the Glorot scale (the prototype: 0.3 and 0.1),
+    which the search in docs/circuit.md found closest to BP on Fashion-MNIST.
     """
 
     name = "circuit"
@@ -110,11 +114,11 @@ class FourSynapseCircuit(LearningRule):
         ratio: float | str = "4",
         downstream_activation: str = "identity",
         scale_wbar: float = 1.0,
-        scale_v: float = 0.1,
-        scale_vbar: float = 0.1,
+        scale_v: float = 0.3,
+        scale_vbar: float = 0.3,
         eta_wbar: float | None = None,
-        eta_v: float = 0.3,
-        eta_vbar: float = 0.3,
+        eta_v: float = 1.0,
+        eta_vbar: float = 1.0,
         lam: float = 1e-3,
         kappa: float = 1e-4,
         plastic: str = "all",
@@ -339,11 +343,38 @@ class FourSynapseCircuit(LearningRule):
             "to_teaching": [m.clone() for m in self.to_teaching],
         }
 
+    def pathway_shapes(self, sizes: Sequence[int]) -> dict[str, list[tuple[int, int]]]:
+        """The shapes of W̄ (feedback), V (to_downstream) and V̄ (to_teaching) for a net of these sizes."""
+        widths = self.downstream_widths(sizes)
+        hidden = list(sizes[1:-1])
+        feedback = [(sizes[l - 1], widths[l - 1]) for l in range(2, len(sizes) - 1)]
+        if len(sizes) > 2:
+            feedback.append((sizes[-2], sizes[-1]))
+        return {
+            "feedback": feedback,
+            "to_downstream": [(m, n) for m, n in zip(widths, hidden)],
+            "to_teaching": [(n, m) for m, n in zip(widths, hidden)],
+        }
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sizes = None if state.get("sizes") is None else list(state["sizes"])
-        self.feedback = [m.clone() for m in state["feedback"]]
-        self.to_downstream = [m.clone() for m in state["to_downstream"]]
-        self.to_teaching = [m.clone() for m in state["to_teaching"]]
+        """Restore what `state_dict` returned (a circuit with the same ratio)."""
+        keys = ("feedback", "to_downstream", "to_teaching")
+        if not isinstance(state, dict) or "sizes" not in state or any(key not in state for key in keys):
+            raise BioPropError(f"state: a circuit state needs 'sizes', {', '.join(map(repr, keys))}; give what rule.state_dict() returned")
+        if state["sizes"] is None:
+            self.sizes, self.feedback, self.to_downstream, self.to_teaching = None, [], [], []
+            return
+        sizes = [int(n) for n in state["sizes"]]
+        matrices = {key: [torch.as_tensor(m).detach().clone() for m in state[key]] for key in keys}
+        expected = self.pathway_shapes(sizes)
+        for key in keys:
+            if [tuple(m.shape) for m in matrices[key]] != expected[key]:
+                raise BioPropError(
+                    f"state: the {key} shapes {[tuple(m.shape) for m in matrices[key]]} do not fit sizes {sizes} with "
+                    f"ratio={self.ratio!r} (expected {expected[key]}); load the state into a circuit made with the saved one's ratio"
+                )
+        self.sizes = sizes
+        self.feedback, self.to_downstream, self.to_teaching = (matrices[key] for key in keys)
 
 
 def _parse_ratios(ratio: float | str | Sequence[float]) -> list[float]:
@@ -370,8 +401,11 @@ def _parse_plastic(plastic: str | Sequence[str]) -> frozenset[str]:
             return frozenset(SYNAPSE_TYPES)
         names = [p for p in plastic.replace(" ", "").split(",") if p]
     else:
-        names = list(plastic)
-    unknown = sorted(set(names) - set(SYNAPSE_TYPES))
+        try:
+            names = list(plastic)
+        except TypeError:
+            raise BioPropError(f"plastic={plastic!r}: give a comma-separated subset of {','.join(SYNAPSE_TYPES)} or 'all'") from None
+    unknown = sorted(set(names) - set(SYNAPSE_TYPES), key=str)
     if unknown:
         raise BioPropError(f"plastic={plastic!r}: unknown synapse type(s) {unknown}; give a comma-separated subset of {','.join(SYNAPSE_TYPES)} or 'all'")
     return frozenset(names)
