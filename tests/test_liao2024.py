@@ -113,3 +113,9 @@ def test_missing_data_set_fails_before_writing(tmp_path, capsys):
 def test_bad_settings_fail_clearly(tmp_path, flags, capsys):
     assert main(["reproduce", "liao2024-width", *flags, "--out", str(tmp_path / "x")]) == 2
     assert "error:" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_unknown_rule_fails_before_training_or_writing(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["reproduce", "liao2024-accuracy", "--dataset", "digits", "--rules", "bp", "nope", *TINY, "--out", str(out)]) == 2
+    assert "rule='nope' is not known" in capsys.readouterr().err and not out.exists()

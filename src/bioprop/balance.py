@@ -41,6 +41,17 @@ class Balance:
     def is_derivative(self) -> bool:
         return self.function is None
 
+    def __call__(self, s: Tensor) -> Tensor:
+        """g(s), checked: a user function must return a tensor of the net input's shape."""
+        g = self.function(s)
+        if not isinstance(g, Tensor) or g.shape != s.shape:
+            shape = tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__
+            raise BioPropError(
+                f"balance={self.name!r}: returned {shape} for a net input of shape {tuple(s.shape)}; a balance function "
+                "must map the net input tensor elementwise to a tensor of the same shape"
+            )
+        return g
+
 
 def gaussian(width: float) -> Callable[[Tensor], Tensor]:
     """g(s) = exp(-s^2 / (2 width^2))."""
@@ -75,6 +86,8 @@ def get_balance(balance: str | Callable[[Tensor], Tensor] | Balance, width: floa
         return balance
     if callable(balance):
         return Balance(getattr(balance, "__name__", "custom"), balance)
+    if not isinstance(balance, str):
+        raise BioPropError(f"balance={balance!r}: give a name (one of {balance_names()}) or a callable of the net input")
     if balance == DERIVATIVE:
         return Balance(DERIVATIVE, None)
     if balance in _FACTORIES:

@@ -59,12 +59,25 @@ def measure(rule, net: MLP, x: Tensor, y: Tensor) -> list[dict[str, Any]]:
     x, y = check_batch(net, x, y)
     gradients, deltas = bp_gradients(net, rule.loss, x, y)
     rule = copy.deepcopy(rule)
-    if getattr(rule, "sizes", False) is None:  # a circuit before its first step: draw as the step would
-        rule.initialize(net)
+    if _not_drawn_yet(rule):
+        # draw as the rule's own first step will: once (so the stepped copy and the alignment
+        # figures see the same matrices), and, for seed=None, from a fork of torch's global
+        # generator, so that measuring neither consumes the caller's random numbers nor
+        # measures other matrices than the rule will draw
+        with torch.random.fork_rng(devices=[]):
+            rule.initialize(net)
     rule_copy, net_copy = copy.deepcopy(rule), net.clone()
     with torch.no_grad():
         info = rule_copy.step(net_copy, x, y)
         return _records(rule, rule_copy, net, info, gradients, deltas)
+
+
+def _not_drawn_yet(rule) -> bool:
+    """A rule whose random matrices are drawn lazily on its first step (circuit; fa, kp, sign, dfa)."""
+    if not hasattr(rule, "initialize"):
+        return False
+    state = rule.state_dict()
+    return "sizes" in state and state["sizes"] is None  # the sizes the matrices were drawn for
 
 
 def _records(rule, rule_copy, net: MLP, info: dict, gradients: list[Tensor], deltas: list[Tensor]) -> list[dict[str, Any]]:
@@ -93,10 +106,7 @@ def _feedback_alignment(rule, net: MLP) -> dict[int, float]:
         values = rule.alignment(net).get("cos_feedback_wT", [])
         return {l: v for l, v in zip(range(2, net.n_layers + 1), values)}
     if hasattr(rule, "feedback_alignment"):
-        try:
-            values = rule.feedback_alignment(net)
-        except Exception:  # feedback not drawn yet
-            return {}
+        values = rule.feedback_alignment(net)
         return {l: v for l, v in zip(range(2, net.n_layers + 1), values)}
     return {}
 
@@ -131,7 +141,7 @@ def gram_spectrum_figures(factor: Tensor) -> dict[str, float]:
     if not bool(torch.isfinite(factor).all()):
         return {"h_effective_rank": math.nan, "h_condition": math.nan}
     eigenvalues = torch.zeros(factor.shape[0], dtype=torch.float64)
-    singular = torch.linalg.svdvals(factor.double())
+    singular = torch.linalg.svdvals(factor.double()).cpu()
     eigenvalues[: singular.numel()] = singular**2
     return _figures_from_eigenvalues(eigenvalues)
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -38,6 +41,26 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(Path(path), lambda handle: handle.write(buffer.getvalue()))
+
+
+def json_safe(value: Any) -> Any:
+    """Plain Python that strict JSON and yaml.safe_dump accept: tuples as lists, tensors as
+    (nested) lists, non-finite floats as None (a figure that does not exist is null), exact
+    builtin int/float/str (safe_dump refuses subclasses such as TorchVersion), anything else as str."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return json_safe(value.tolist())
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    for kind in (int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    return str(value)
 
 
 def write_json(path: Path, data: Any) -> None:

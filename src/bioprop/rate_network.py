@@ -43,7 +43,9 @@ from torch import nn
 
 from .activations import Activation, get_activation
 from .balance import Balance, get_balance
+from .batches import check_examples
 from .errors import BioPropError
+from .network import MLP
 
 Tensor = torch.Tensor
 
@@ -322,7 +324,10 @@ class RateNetwork(nn.Module):
     def _check_mask(mask, n: int) -> Tensor:
         if mask is None:
             return torch.ones(n, n, dtype=torch.bool)
-        mask = torch.as_tensor(mask).cpu()
+        try:
+            mask = torch.as_tensor(mask).cpu()
+        except (TypeError, ValueError, RuntimeError):
+            raise BioPropError(f"mask={mask!r}: give an ({n}, {n}) bool tensor (True where a synapse exists)") from None
         if tuple(mask.shape) != (n, n):
             raise BioPropError(f"mask: expected shape ({n}, {n}) for n={n} (mask[i, j] = synapse from j onto i), got {tuple(mask.shape)}")
         if mask.dtype != torch.bool:
@@ -373,7 +378,7 @@ class RateNetwork(nn.Module):
     def gain(self, s: Tensor, balance: str | Callable | Balance = "derivative", width: float = 1.0) -> Tensor:
         """g(s_i) for every neuron, 0 on the firing-clamped input neurons."""
         balance = get_balance(balance, width)
-        g = self.rate_derivative(s) if balance.is_derivative else balance.function(s)
+        g = self.rate_derivative(s) if balance.is_derivative else balance(s)
         return torch.where(self.clamped, torch.zeros((), dtype=g.dtype, device=g.device), g)
 
     # -- the processes on this network ---------------------------------------------------------
@@ -408,6 +413,8 @@ class RateNetwork(nn.Module):
         last), W holding the blocks W_l, the layered mask, the MLP's activation on hidden
         neurons, a linear output activation, and the biases (0 on the inputs) when it has them.
         The stimulus is the MLP's input x (input_map "identity" only)."""
+        if not isinstance(mlp, MLP):
+            raise BioPropError(f"from_mlp: expected a bioprop.MLP, got {type(mlp).__name__}")
         if mlp.input_map != "identity":
             raise BioPropError(
                 f"from_mlp: the MLP maps its input through f (input_map={mlp.input_map!r}); a rate network's input "
@@ -459,8 +466,6 @@ class RateNetwork(nn.Module):
 
     def to_mlp(self, sizes: Sequence[int] | None = None):
         """The inverse of from_mlp: a bioprop.MLP with this network's layer blocks."""
-        from .network import MLP
-
         weights, biases = self.layer_blocks(sizes)
         sizes = [weights[0].shape[1]] + [w.shape[0] for w in weights]
         offsets = _offsets(sizes)
@@ -502,28 +507,7 @@ def _offsets(sizes: Sequence[int]) -> list[int]:
 def check_rate_batch(net: RateNetwork, x, y) -> tuple[Tensor, Tensor]:
     """Validate a batch for a RateNetwork (x: stimulus of the inputs, y: targets of the outputs)
     and bring it to the network's dtype and device."""
-    x = torch.as_tensor(x)
-    y = torch.as_tensor(y)
-    n_in, n_out = net.n_inputs, net.n_outputs
-    where = f"a RateNetwork with {n_in} input and {n_out} output neurons"
-    if n_out == 0:
+    if net.n_outputs == 0:
         raise BioPropError("net: the RateNetwork has no output neurons, so there is no loss to learn from; name some outputs")
-    if x.ndim != 2 or x.shape[1] != n_in:
-        raise BioPropError(f"x: expected shape (batch, {n_in}), one column per input neuron, for {where}; got {tuple(x.shape)}")
-    if y.ndim == 1 and not y.dtype.is_floating_point:
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_out):
-            raise BioPropError(f"y: integer labels must lie in [0, {n_out}), got range [{int(y.min())}, {int(y.max())}]")
-        y = torch.nn.functional.one_hot(y.long(), n_out)
-    if y.ndim != 2 or y.shape[1] != n_out:
-        raise BioPropError(f"y: expected shape (batch, {n_out}) targets or (batch,) integer labels for {where}; got {tuple(y.shape)}")
-    if x.shape[0] != y.shape[0]:
-        raise BioPropError(f"x and y: batch sizes differ ({x.shape[0]} stimuli, {y.shape[0]} targets)")
-    if x.shape[0] == 0:
-        raise BioPropError("x: the batch is empty")
-    x = x.to(dtype=net.dtype, device=net.device)
-    y = y.to(dtype=net.dtype, device=net.device)
-    if not torch.isfinite(x).all():
-        raise BioPropError("x: contains NaN or infinite values; clean the input data")
-    if not torch.isfinite(y).all():
-        raise BioPropError("y: contains NaN or infinite values; clean the targets")
-    return x, y
+    network = f"a RateNetwork with {net.n_inputs} input and {net.n_outputs} output neurons"
+    return check_examples(x, y, net.n_inputs, net.n_outputs, network, net.dtype, net.device)

@@ -59,7 +59,7 @@ from tqdm import tqdm
 from .activations import activation_names, get_activation
 from .errors import BioPropError
 from .diagnostics import measure
-from .files import write_atomic
+from .files import json_safe, write_atomic
 from .losses import loss_names
 from .network import INPUT_MAPS, MLP
 from .rules import RULES, LearningRule, make_rule
@@ -526,34 +526,16 @@ class Learner:
 
 
 # -- files -----------------------------------------------------------------------------------
-def _plain(value: Any) -> Any:
-    """Turn a value into YAML/JSON-safe Python (rule options may hold tuples, tensors, dtypes)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # strict JSON has no NaN or infinity: a figure that does not exist is null
-    for kind in (int, float, str):  # exact builtins: yaml.safe_dump refuses subclasses such as TorchVersion
-        if isinstance(value, kind):
-            return kind(value)
-    return str(value)
-
-
 def _yaml_text(data: dict) -> str:
-    return yaml.safe_dump(_plain(data), sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(json_safe(data), sort_keys=False, default_flow_style=None)
 
 
 def _write_json(path: Path, data: dict) -> None:
-    write_atomic(path, lambda h: h.write(json.dumps(_plain(data), indent=2) + "\n"))
+    write_atomic(path, lambda h: h.write(json.dumps(json_safe(data), indent=2) + "\n"))
 
 
 def _write_metrics(path: Path, records: list[dict]) -> None:
-    write_atomic(path, lambda h: h.writelines(json.dumps(_plain(r)) + "\n" for r in records))
+    write_atomic(path, lambda h: h.writelines(json.dumps(json_safe(r)) + "\n" for r in records))
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -764,13 +746,13 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
             state = {
                 "format": CHECKPOINT_FORMAT,
                 "epoch": epoch,
-                "config": _plain(stored_config),
+                "config": json_safe(stored_config),
                 "learner": learner.state(),
                 "twin": twin.state() if twin is not None else None,
                 "shuffle": shuffle.get_state(),
                 "metrics": records,
                 "diagnostics": diagnostics,
-                "versions": _plain(_versions()),
+                "versions": json_safe(_versions()),
             }
             write_atomic(out / "checkpoint.pt", lambda h: torch.save(state, h), binary=True)
             _write_metrics(out / "metrics.jsonl", records)

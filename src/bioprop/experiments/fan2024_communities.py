@@ -49,7 +49,7 @@ from ..activations import get_activation
 from ..balance import get_balance
 from ..errors import BioPropError
 from ..rate_network import RateNetwork, credit_step, fire, net_input, weight_change
-from . import fan2024 as common
+from . import outputs
 
 NAME = "fan2024-communities"
 
@@ -250,19 +250,19 @@ def sweep(settings: dict, progress: bool = True) -> tuple[list[dict], list[dict]
         rows.append(summarise(lr, records))
         if progress:
             row = rows[-1]
-            common.say(f"  r={lr:<8g} Q={row['q_mean']:.3f}±{row['q_std']:.3f} share={row['share_mean']:.3f} "
+            outputs.say(f"  r={lr:<8g} Q={row['q_mean']:.3f}±{row['q_std']:.3f} share={row['share_mean']:.3f} "
                        f"(shuffled Q={row['q_shuffled']:.3f})  {sum(r['seconds'] for r in records):.0f}s")
     return rows, runs, examples
 
 
 def summarise(lr: float, records: list[dict]) -> dict:
-    q, share = common.spread([r["q"] for r in records]), common.spread([r["share"] for r in records])
-    mean = lambda key: common.spread([r[key] for r in records])["mean"]
+    q, share = outputs.spread([r["q"] for r in records]), outputs.spread([r["share"] for r in records])
+    mean = lambda key: outputs.spread([r[key] for r in records])["mean"]
     return {
         "lr": lr, "q_mean": q["mean"], "q_std": q["std"], "q_min": q["min"], "q_max": q["max"],
         "share_mean": share["mean"], "share_std": share["std"], "share_min": share["min"], "share_max": share["max"],
         "communities": mean("communities"), "q_shuffled": mean("q_shuffled"),
-        "q_shuffled_std": common.spread([r["q_shuffled"] for r in records])["std"],
+        "q_shuffled_std": outputs.spread([r["q_shuffled"] for r in records])["std"],
         "share_shuffled": mean("share_shuffled"), "hub_share": mean("hub_share"),
         "source_share": mean("source_share"), "source_community": mean("source_community"), "mean_abs_w": mean("mean_abs_w"),
         "max_abs_w": mean("max_abs_w"), "mean_gain": mean("mean_gain"), "density": mean("density"),
@@ -273,7 +273,7 @@ def summarise(lr: float, records: list[dict]) -> dict:
 # -- figures ----------------------------------------------------------------------------------------
 def plot_sweep(rows: list[dict], path: Path, title: str) -> None:
     """Q and the within share against r (log axis; r = 0 as a horizontal reference)."""
-    plt = common.pyplot()
+    plt = outputs.pyplot()
     figure, axes = plt.subplots(1, 4, figsize=(18, 4.0))
     learning = [r for r in rows if r["lr"] > 0]
     baseline = next((r for r in rows if r["lr"] == 0), None)
@@ -295,7 +295,7 @@ def plot_sweep(rows: list[dict], path: Path, title: str) -> None:
     axes[0].legend(fontsize=8)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    common.save_figure(figure, path)
+    outputs.save_figure(figure, path)
 
 
 def heat_map_choices(rows: list[dict], examples: dict) -> list[tuple[str, float]]:
@@ -314,7 +314,7 @@ def heat_map_choices(rows: list[dict], examples: dict) -> list[tuple[str, float]
 
 def plot_heat_maps(rows: list[dict], examples: dict, path: Path, seed: int) -> None:
     """W (postsynaptic rows, presynaptic columns) with the neurons reordered by community."""
-    plt = common.pyplot()
+    plt = outputs.pyplot()
     chosen = heat_map_choices(rows, examples)
     if not chosen:
         return
@@ -336,7 +336,7 @@ def plot_heat_maps(rows: list[dict], examples: dict, path: Path, seed: int) -> N
         figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
     figure.suptitle(f"W reordered by Leiden community (seed {seed}; colour clipped at the 98th percentile of |w|)", fontsize=10)
     figure.tight_layout()
-    common.save_figure(figure, path)
+    outputs.save_figure(figure, path)
 
 
 # -- command line ------------------------------------------------------------------------------------
@@ -368,23 +368,19 @@ def configure_parser(parser) -> None:
 
 def resolve_settings(args) -> dict:
     """QUICK or FULL overridden by the flags given, checked (BioPropError before anything is written)."""
-    settings = dict(FULL if args.full else QUICK)
-    for key in QUICK:
-        value = getattr(args, key, None)
-        if value is not None:
-            settings[key] = list(value) if isinstance(value, list) else value
+    settings = outputs.flag_settings(args, QUICK, FULL)
     flag = lambda key: "--" + key.replace("_", "-")
-    settings["n"] = common.check_count("--n", settings["n"], 2)
-    settings["iterations"] = common.check_count("--iterations", settings["iterations"], 1)
-    settings["prune"] = common.check_number("--prune", settings["prune"], 0.0, maximum=1.0)
+    settings["n"] = outputs.check_count("--n", settings["n"], 2)
+    settings["iterations"] = outputs.check_count("--iterations", settings["iterations"], 1)
+    settings["prune"] = outputs.check_number("--prune", settings["prune"], 0.0, maximum=1.0)
     for key in ("firing_noise", "credit_noise", "source_credit", "init_scale"):
-        settings[key] = common.check_number(flag(key), settings[key], 0.0)
-    settings["width"] = common.check_number("--width", settings["width"], 0.0, inclusive=False)
-    settings["source_fraction"] = common.check_number("--source-fraction", settings["source_fraction"], 0.0, inclusive=False,
+        settings[key] = outputs.check_number(flag(key), settings[key], 0.0)
+    settings["width"] = outputs.check_number("--width", settings["width"], 0.0, inclusive=False)
+    settings["source_fraction"] = outputs.check_number("--source-fraction", settings["source_fraction"], 0.0, inclusive=False,
                                                       maximum=1.0)
     if not settings["lrs"]:
         raise BioPropError("--lrs: give one or more learning rates >= 0")
-    settings["lrs"] = sorted({common.check_number("--lrs", lr, 0.0) for lr in settings["lrs"]})
+    settings["lrs"] = sorted({outputs.check_number("--lrs", lr, 0.0) for lr in settings["lrs"]})
     if not settings["seeds"] or min(settings["seeds"]) < 0:
         raise BioPropError("--seeds: give one or more seeds >= 0")
     settings["seeds"] = list(dict.fromkeys(settings["seeds"]))
@@ -399,21 +395,21 @@ def resolve_settings(args) -> dict:
 def run(args) -> int:
     leiden()
     settings = resolve_settings(args)
-    out = common.output_folder(args.out, NAME)
-    common.say(f"{NAME}: {settings}")
+    out = outputs.output_folder(args.out, NAME)
+    outputs.say(f"{NAME}: {settings}")
     rows, runs, examples = sweep(settings)
-    markdown = common.markdown_table(rows, COLUMNS)
+    markdown = outputs.markdown_table(rows, COLUMNS)
     print(markdown)
     survivors = (1 - settings["prune"]) ** settings["iterations"]
     notes = (f"{len(settings['seeds'])} seeds per r; Q = weighted modularity of the Leiden partition of A_ij = |w_ij| + |w_ji|; "
              f"within share = fraction of sum |w| inside communities; 'shuffled' = the same networks with every row "
              f"permuted (in-degree and in-strength kept); hub share = fraction of sum |w| received by the top "
              f"{HUB_FRACTION:.0%} neurons by in-strength; (1 - p)^T = {survivors:.3f}.")
-    common.write_tables(out, "communities", f"Community structure against the learning rate (n = {settings['n']})", rows,
+    outputs.write_tables(out, "communities", f"Community structure against the learning rate (n = {settings['n']})", rows,
                         settings, markdown, notes, extra={"runs": runs})
     plot_sweep(rows, out / "communities.png",
                f"all-to-all n = {settings['n']}, T = {settings['iterations']}, p = {settings['prune']:.3g}, "
                f"noise {settings['firing_noise']:g}/{settings['credit_noise']:g}, {len(settings['seeds'])} seeds")
     plot_heat_maps(rows, examples, out / "heatmaps.png", settings["seeds"][0])
-    common.say(f"wrote {out}/communities.csv, .json, .md, communities.png, heatmaps.png")
+    outputs.say(f"wrote {out}/communities.csv, .json, .md, communities.png, heatmaps.png")
     return 0

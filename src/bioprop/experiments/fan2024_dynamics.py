@@ -34,7 +34,7 @@ import torch
 from ..errors import BioPropError
 from ..losses import get_loss
 from ..rate_network import RateNetwork, credit_step, fire, net_input, settle_credit, weight_change
-from . import fan2024 as common
+from . import outputs
 
 NAME = "fan2024-dynamics"
 LOSS = "mse"
@@ -144,15 +144,15 @@ def summary_rows(summary: dict) -> list[dict]:
 
 
 def plot(rows: list[dict], summary: dict, path: Path, lr: float) -> None:
-    plt = common.pyplot()
+    plt = outputs.pyplot()
     figure, axes = plt.subplots(3, 1, figsize=(9, 8.2), sharex=True)
     t = [r["t"] for r in rows]
     n = summary["neurons"]["n"]
-    inputs, outputs = set(summary["neurons"]["inputs"]), set(summary["neurons"]["outputs"])
+    input_neurons, output_neurons = set(summary["neurons"]["inputs"]), set(summary["neurons"]["outputs"])
     for neuron in range(n):
-        if neuron in inputs:
+        if neuron in input_neurons:
             continue
-        kind = dict(color="tab:red", linewidth=1.6) if neuron in outputs else dict(color="tab:blue", linewidth=0.8, alpha=0.7)
+        kind = dict(color="tab:red", linewidth=1.6) if neuron in output_neurons else dict(color="tab:blue", linewidth=0.8, alpha=0.7)
         axes[0].plot(t, [r[f"rate_{neuron}"] for r in rows], **kind)
         axes[1].plot(t, [r[f"credit_{neuron}"] for r in rows], **kind)
     axes[0].plot([], [], color="tab:blue", label="hidden neurons")
@@ -177,7 +177,7 @@ def plot(rows: list[dict], summary: dict, path: Path, lr: float) -> None:
         top.text(x, 1.02, label, transform=top.get_xaxis_transform(), ha="center", fontsize=8)
     axes[2].set_xlabel("iteration t (one step of a process)")
     figure.tight_layout()
-    common.save_figure(figure, path)
+    outputs.save_figure(figure, path)
 
 
 def configure_parser(parser) -> None:
@@ -193,23 +193,23 @@ def configure_parser(parser) -> None:
 def resolve_settings(args) -> dict:
     settings = {key: getattr(args, key) for key in DEFAULTS}
     for key in ("inputs", "hidden", "outputs", "plasticity_steps"):
-        settings[key] = common.check_count("--" + key.replace("_", "-"), settings[key], 1)
-    settings["seed"] = common.check_count("--seed", settings["seed"], 0)
-    settings["init_scale"] = common.check_number("--init-scale", settings["init_scale"], 0.0, inclusive=False)
-    settings["lr"] = common.check_number("--lr", settings["lr"], 0.0, inclusive=False)
-    settings["tol"] = common.check_number("--tol", settings["tol"], 0.0, inclusive=False)
+        settings[key] = outputs.check_count("--" + key.replace("_", "-"), settings[key], 1)
+    settings["seed"] = outputs.check_count("--seed", settings["seed"], 0)
+    settings["init_scale"] = outputs.check_number("--init-scale", settings["init_scale"], 0.0, inclusive=False)
+    settings["lr"] = outputs.check_number("--lr", settings["lr"], 0.0, inclusive=False)
+    settings["tol"] = outputs.check_number("--tol", settings["tol"], 0.0, inclusive=False)
     return settings
 
 
 def run(args) -> int:
     settings = resolve_settings(args)
     rows, summary = dynamics(settings)
-    out = common.output_folder(args.out, NAME)
-    table = common.markdown_table(summary_rows(summary), SUMMARY_COLUMNS)
+    out = outputs.output_folder(args.out, NAME)
+    table = outputs.markdown_table(summary_rows(summary), SUMMARY_COLUMNS)
     print(table)
-    common.write_tables(out, "dynamics", "Three timescales for one training pair", rows, settings, table,
+    outputs.write_tables(out, "dynamics", "Three timescales for one training pair", rows, settings, table,
                         notes="dynamics.csv holds one row per iteration t (every neuron's rate and credit).",
                         extra={"summary": summary})
     plot(rows, summary, out / "dynamics.png", settings["lr"])
-    common.say(f"wrote {out}/dynamics.csv, .md, .json, dynamics.png")
+    outputs.say(f"wrote {out}/dynamics.csv, .md, .json, dynamics.png")
     return 0

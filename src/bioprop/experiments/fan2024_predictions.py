@@ -41,7 +41,7 @@ from ..network import MLP
 from ..rate_network import RateNetwork, settle_credit
 from ..rules import make_rule
 from ..train import evaluate
-from . import fan2024 as common
+from . import outputs
 
 NAME = "fan2024-predictions"
 
@@ -203,7 +203,7 @@ def ratio_analysis(net: RateNetwork, x: torch.Tensor, labels: torch.Tensor, lr: 
 
 # -- figures ------------------------------------------------------------------------------------------
 def plot_signal(rows: list[dict], path: Path, title: str) -> None:
-    plt = common.pyplot()
+    plt = outputs.pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for state, style in zip(dict.fromkeys(r["state"] for r in rows), ("-", "--")):
         mine = [r for r in rows if r["state"] == state]
@@ -224,11 +224,11 @@ def plot_signal(rows: list[dict], path: Path, title: str) -> None:
     axes[1].set_ylabel("per-synapse retrograde message")
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    common.save_figure(figure, path)
+    outputs.save_figure(figure, path)
 
 
 def plot_ratio(fits: list[dict], points: dict, path: Path, lr: float) -> None:
-    plt = common.pyplot()
+    plt = outputs.pyplot()
     figure, axis = plt.subplots(figsize=(6.4, 5.2))
     for (case, (predictor, response)), fit, colour, layer in zip(points.items(), fits, ("tab:blue", "tab:gray"), (3, 2)):
         axis.scatter(predictor, response, s=4, alpha=0.4, color=colour, zorder=layer,
@@ -244,7 +244,7 @@ def plot_ratio(fits: list[dict], points: dict, path: Path, lr: float) -> None:
     axis.legend(fontsize=7, loc="upper left")
     axis.set_title("prediction (b): plasticity over retrograde message", fontsize=10)
     figure.tight_layout()
-    common.save_figure(figure, path)
+    outputs.save_figure(figure, path)
 
 
 # -- command line ------------------------------------------------------------------------------------
@@ -270,20 +270,16 @@ def configure_parser(parser) -> None:
 
 
 def resolve_settings(args) -> dict:
-    settings = dict(FULL if args.full else QUICK)
-    for key in QUICK:
-        value = getattr(args, key, None)
-        if value is not None:
-            settings[key] = list(value) if isinstance(value, list) else value
+    settings = outputs.flag_settings(args, QUICK, FULL)
     if not settings["hidden"] or min(settings["hidden"]) < 1:
         raise BioPropError("--hidden: give one or more widths >= 1")
-    settings["epochs"] = common.check_count("--epochs", settings["epochs"], 0)
-    settings["batch"] = common.check_count("--batch", settings["batch"], 1)
-    settings["pairs"] = common.check_count("--pairs", settings["pairs"], 1)
-    settings["bins"] = common.check_count("--bins", settings["bins"], 2)
-    settings["seed"] = common.check_count("--seed", settings["seed"], 0)
-    settings["lr"] = common.check_number("--lr", settings["lr"], 0.0, inclusive=False)
-    settings["ratio_lr"] = common.check_number("--ratio-lr", settings["ratio_lr"], 0.0, inclusive=False)
+    settings["epochs"] = outputs.check_count("--epochs", settings["epochs"], 0)
+    settings["batch"] = outputs.check_count("--batch", settings["batch"], 1)
+    settings["pairs"] = outputs.check_count("--pairs", settings["pairs"], 1)
+    settings["bins"] = outputs.check_count("--bins", settings["bins"], 2)
+    settings["seed"] = outputs.check_count("--seed", settings["seed"], 0)
+    settings["lr"] = outputs.check_number("--lr", settings["lr"], 0.0, inclusive=False)
+    settings["ratio_lr"] = outputs.check_number("--ratio-lr", settings["ratio_lr"], 0.0, inclusive=False)
     return settings
 
 
@@ -292,10 +288,10 @@ def run(args) -> int:
     data = load_dataset(settings["dataset"], data_dir=args.data_dir)
     if settings["pairs"] > data.test_y.shape[0]:
         raise BioPropError(f"--pairs {settings['pairs']}: the {data.name} test set has only {data.test_y.shape[0]} samples")
-    out = common.output_folder(args.out, NAME)
-    common.say(f"{NAME}: {settings}")
+    out = outputs.output_folder(args.out, NAME)
+    outputs.say(f"{NAME}: {settings}")
     initial, trained, accuracy_before, accuracy_after = train_network(settings, data)
-    common.say(f"  trained {'-'.join(map(str, trained.sizes))} with the credit rule: test accuracy "
+    outputs.say(f"  trained {'-'.join(map(str, trained.sizes))} with the credit rule: test accuracy "
                f"{accuracy_before:.4f} -> {accuracy_after:.4f}")
     test_x, test_y = data.test_x.to(torch.float64), data.test_y
 
@@ -307,20 +303,20 @@ def run(args) -> int:
     fits, points = ratio_analysis(RateNetwork.from_mlp(trained), test_x[:settings["pairs"]], test_y[:settings["pairs"]],
                                   settings["ratio_lr"])
 
-    summary_table = common.markdown_table(summaries, SUMMARY_COLUMNS)
-    signal_table = common.markdown_table(signal_rows, SIGNAL_COLUMNS)
-    ratio_table = common.markdown_table(fits, RATIO_COLUMNS)
+    summary_table = outputs.markdown_table(summaries, SUMMARY_COLUMNS)
+    signal_table = outputs.markdown_table(signal_rows, SIGNAL_COLUMNS)
+    ratio_table = outputs.markdown_table(fits, RATIO_COLUMNS)
     print("(a) retrograde signal against balance\n" + summary_table + "\n\n" + signal_table)
     print("\n(b) dw/g against x/w\n" + ratio_table)
     network = (f"{'-'.join(map(str, trained.sizes))} {settings['activation']} MLP, credit rule (= BP), CE, "
                f"{settings['epochs']} epochs: test accuracy {accuracy_before:.4f} -> {accuracy_after:.4f}")
     extra = {"accuracy_initial": accuracy_before, "accuracy_trained": accuracy_after, "summary": summaries, "ratio_fits": fits}
-    common.write_tables(out, "signal", "(a) Retrograde signal against balance: " + network, signal_rows, settings,
+    outputs.write_tables(out, "signal", "(a) Retrograde signal against balance: " + network, signal_rows, settings,
                         summary_table + "\n\n" + signal_table, extra=extra)
-    common.write_tables(out, "ratio", "(b) dw_ij / g_ji against x_j / w_ij: " + network, fits, settings, ratio_table,
+    outputs.write_tables(out, "ratio", "(b) dw_ij / g_ji against x_j / w_ij: " + network, fits, settings, ratio_table,
                         notes="g_ji = c_i g(s_i) w_ij; dw_ij = the rule's update (after - before); the control uses "
                               "batch means of the message and of x_j.", extra={"accuracy_trained": accuracy_after})
     plot_signal(signal_rows, out / "signal.png", "prediction (a): " + network)
     plot_ratio(fits, points, out / "ratio.png", settings["ratio_lr"])
-    common.say(f"wrote {out}/signal.csv, .json, .md, signal.png, ratio.csv, .json, .md, ratio.png")
+    outputs.say(f"wrote {out}/signal.csv, .json, .md, signal.png, ratio.csv, .json, .md, ratio.png")
     return 0

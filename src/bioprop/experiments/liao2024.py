@@ -18,19 +18,16 @@ Every command here trains networks the same way, so that rules are compared unde
 - every other option is the rule's own default unless an experiment sweeps it.
 
 A run that blows up (a non-finite loss or weight) stops and is reported as diverged, with the
-test accuracy its last network scores.
+test accuracy its last network scores. Tables and figures are written with `outputs.py`, which
+every reproduce command shares.
 """
 from __future__ import annotations
 
 import inspect
-import io
-import json
 import math
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -38,10 +35,10 @@ import torch
 from ..data import Dataset, load_dataset
 from ..diagnostics import measure
 from ..errors import BioPropError
-from ..files import write_atomic, write_csv
 from ..network import MLP
 from ..rules import RULES, make_rule
 from ..train import _shuffle_seed, evaluate
+from .outputs import check_count, check_number, say
 
 #: the baselines of the accuracy comparison, in the order tables list them
 BASELINES = ("bp", "fa", "kp", "sign", "dfa")
@@ -83,36 +80,23 @@ def resolve_settings(args, quick: dict, full: dict, keys: Iterable[str] = ()) ->
         value = getattr(args, key, None)
         if value is None:
             continue
-        if key in ("epochs", "batch") and value < 1:
-            raise BioPropError(f"--{key} {value!r}: give an integer >= 1")
+        if key in ("epochs", "batch"):
+            check_count(f"--{key}", value, 1)
         if key == "hidden" and (not value or min(value) < 1):
             raise BioPropError(f"--hidden {' '.join(map(str, value))}: give one or more widths >= 1")
         if key == "seeds" and (not value or min(value) < 0):
             raise BioPropError("--seeds: give one or more seeds >= 0")
-        if key == "lr" and not (math.isfinite(value) and value > 0):
-            raise BioPropError(f"--lr {value!r}: give a finite number > 0")
+        if key == "lr":
+            check_number("--lr", value, 0.0, inclusive=False)
         settings[key] = list(value) if isinstance(value, (list, tuple)) else value
     if settings.get("lr") is None:
         settings["lr"] = circuit_default("lr")
     return settings
 
 
-def output_folder(args, name: str) -> Path:
-    """The --out folder (default results/NAME), created only now: call after loading the data."""
-    out = Path(args.out) if args.out else Path("results") / name
-    if out.exists() and not out.is_dir():
-        raise BioPropError(f"--out {out}: exists and is not a folder; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def load(name: str, args) -> Dataset:
     """A data set by name; a missing one raises the loader's DataUnavailableError (naming the fix)."""
     return load_dataset(name, data_dir=args.data_dir, download=args.download)
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 # -- one training run ------------------------------------------------------------------------
@@ -186,77 +170,6 @@ def train_run(data: Dataset, rule_name: str, hidden: Sequence[int], seed: int, e
     """build + fit: (net, rule, history)."""
     net, rule = build(data, rule_name, hidden, seed, lr, options, activation)
     return net, rule, fit(net, rule, data, epochs, batch, seed, diagnostics_every)
-
-
-# -- tables and figures -------------------------------------------------------------------------
-def spread(values: Sequence[float]) -> dict[str, float]:
-    """mean, std (sample; 0 for one value), min, max, n."""
-    values = list(values)
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
-    }
-
-
-def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
-    """A GitHub markdown table; columns: (key, header, format spec) -- "" formats with str()."""
-    def cell(value, spec):
-        if value is None:
-            return "-"
-        if isinstance(value, float) and not math.isfinite(value):
-            return str(value)
-        return format(value, spec) if spec else str(value)
-
-    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(cell(row.get(k), spec) for k, _, spec in columns) + " |")
-    return "\n".join(lines)
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe: tuples to lists, non-finite floats to None (strict JSON has neither)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Strict JSON (non-finite numbers as null), atomically."""
-    write_atomic(Path(path), lambda h: h.write(json.dumps(_plain(data), indent=2) + "\n"))
-
-
-def write_tables(out: Path, stem: str, title: str, rows: list[dict], settings: dict, markdown: str,
-                 notes: str = "", extra: dict | None = None) -> None:
-    """stem.csv (rows), stem.json (settings, rows and `extra`), stem.md (title, settings, table, notes)."""
-    write_csv(out / f"{stem}.csv", rows)
-    write_json(out / f"{stem}.json", {"settings": settings, "rows": rows, **(extra or {})})
-    shown = ", ".join(f"{k}={v}" for k, v in settings.items())
-    text = f"## {title}\n\nSettings: {shown}\n\n{markdown}\n" + (f"\n{notes}\n" if notes else "")
-    write_atomic(out / f"{stem}.md", lambda h: h.write(text))
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(figure, path: Path) -> None:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    pyplot().close(figure)
-    write_atomic(path, lambda h: h.write(buffer.getvalue()), binary=True)
 
 
 def run_all(jobs: Sequence[tuple[str, Callable[[], Any]]]) -> list[Any]:

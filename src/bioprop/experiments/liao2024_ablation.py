@@ -17,6 +17,7 @@ from __future__ import annotations
 from itertools import combinations
 
 from . import liao2024 as common
+from . import outputs
 
 CROSS = ("Vbar", "Wbar", "V")
 QUICK = dict(dataset="digits", hidden=[64, 64], epochs=20, seeds=[0, 1, 2], batch=50, lr=None)
@@ -49,7 +50,7 @@ def ablation_table(data, hidden, epochs, seeds, batch, lr) -> list[dict]:
             (f"{name} seed {seed}", lambda seed=seed: common.train_run(data, rule, hidden, seed, epochs, batch, lr, options, activation)[2])
             for seed in seeds
         ])
-        spread = common.spread([h.final for h in histories])
+        spread = outputs.spread([h.final for h in histories])
         rows.append({
             "variant": name, "plastic": options.get("plastic", "all (bp)"), "acc_mean": spread["mean"], "acc_std": spread["std"],
             "acc_min": spread["min"], "acc_max": spread["max"], "n": spread["n"], "diverged": sum(h.diverged for h in histories),
@@ -58,7 +59,7 @@ def ablation_table(data, hidden, epochs, seeds, batch, lr) -> list[dict]:
 
 
 def plot(rows: list[dict], path, title: str) -> None:
-    plt = common.pyplot()
+    plt = outputs.pyplot()
     figure, axis = plt.subplots(figsize=(9, 4.2))
     colors = ["tab:gray" if r["variant"] == LINEAR else ("tab:red" if "V̄" in r["variant"] else "tab:blue") for r in rows]
     positions = range(len(rows))
@@ -72,7 +73,7 @@ def plot(rows: list[dict], path, title: str) -> None:
     axis.set_title(f"{title}\n(plastic synapse types; red: V̄ plastic; grey: linear floor)", fontsize=10)
     axis.set_ylim(0, 1)
     figure.tight_layout()
-    common.save_figure(figure, path)
+    outputs.save_figure(figure, path)
 
 
 def configure_parser(parser) -> None:
@@ -82,14 +83,14 @@ def configure_parser(parser) -> None:
 def run(args) -> int:
     settings = common.resolve_settings(args, QUICK, FULL)
     data = common.load(settings["dataset"], args)
-    out = common.output_folder(args, "liao2024-ablation")
-    common.say(f"liao2024-ablation: {settings}")
+    out = outputs.output_folder(args.out, "liao2024-ablation")
+    outputs.say(f"liao2024-ablation: {settings}")
     rows = ablation_table(data, settings["hidden"], settings["epochs"], settings["seeds"], settings["batch"], settings["lr"])
-    markdown = common.markdown_table(rows, COLUMNS)
+    markdown = outputs.markdown_table(rows, COLUMNS)
     print(markdown)
     title = f"Ablation of plastic synapse types ({settings['dataset']})"
-    common.write_tables(out, "ablation", title, rows, settings, markdown,
+    outputs.write_tables(out, "ablation", title, rows, settings, markdown,
                         extra={"rule_options": common.rule_options("circuit", settings["lr"])})
     plot(rows, out / "ablation.png", title)
-    common.say(f"wrote {out}/ablation.csv, .json, .md, ablation.png")
+    outputs.say(f"wrote {out}/ablation.csv, .json, .md, ablation.png")
     return 0

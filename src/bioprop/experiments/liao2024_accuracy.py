@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from ..errors import DataUnavailableError
 from . import liao2024 as common
+from . import outputs
 
 RULES = (*common.BASELINES, "circuit")
 REQUIRED = ("digits", "fashion-mnist")
@@ -42,7 +43,7 @@ def datasets(args) -> dict:
             try:
                 found[name] = common.load_dataset(name, data_dir=args.data_dir, download=False)
             except DataUnavailableError:
-                common.say(f"{name}: files not present, skipped (give --dataset {name} --download to include it)")
+                outputs.say(f"{name}: files not present, skipped (give --dataset {name} --download to include it)")
     return found
 
 
@@ -58,7 +59,7 @@ def accuracy_table(data_sets: dict, rules, hidden, epochs, seeds, batch, lr) -> 
             for seed, history in zip(seeds, histories):
                 runs.append({"dataset": name, "rule": rule, "seed": seed, "test_acc": history.final,
                              "diverged": history.diverged, "curve": history.test_acc, "seconds": history.seconds})
-            spread = common.spread([h.final for h in histories])
+            spread = outputs.spread([h.final for h in histories])
             rows.append({
                 "dataset": name, "rule": rule, "epochs": n_epochs, "n": spread["n"],
                 "acc_mean": spread["mean"], "acc_std": spread["std"], "acc_min": spread["min"], "acc_max": spread["max"],
@@ -69,7 +70,7 @@ def accuracy_table(data_sets: dict, rules, hidden, epochs, seeds, batch, lr) -> 
 
 
 def plot(rows: list[dict], path) -> None:
-    plt = common.pyplot()
+    plt = outputs.pyplot()
     names = list(dict.fromkeys(r["dataset"] for r in rows))
     rules = list(dict.fromkeys(r["rule"] for r in rows))
     width = 0.8 / len(rules)
@@ -87,7 +88,7 @@ def plot(rows: list[dict], path) -> None:
     axis.set_title("circuit vs BP and feedback-alignment baselines\n(bars: mean over seeds; error bars: std; lines: min-max)", fontsize=10)
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
-    common.save_figure(figure, path)
+    outputs.save_figure(figure, path)
 
 
 def configure_parser(parser) -> None:
@@ -100,17 +101,19 @@ def configure_parser(parser) -> None:
 
 def run(args) -> int:
     settings = common.resolve_settings(args, QUICK, FULL)
+    for rule in args.rules:
+        common.rule_options(rule, settings["lr"])  # an unknown rule fails now, before anything is written
     data_sets = datasets(args)
-    out = common.output_folder(args, "liao2024-accuracy")
+    out = outputs.output_folder(args.out, "liao2024-accuracy")
     settings.update(dataset=list(data_sets), rules=list(args.rules))
-    common.say(f"liao2024-accuracy: {settings}")
+    outputs.say(f"liao2024-accuracy: {settings}")
     rows, runs = accuracy_table(data_sets, args.rules, settings["hidden"], settings["epochs"], settings["seeds"],
                                 settings["batch"], settings["lr"])
-    markdown = common.markdown_table(rows, COLUMNS)
+    markdown = outputs.markdown_table(rows, COLUMNS)
     print(markdown)
     options = {rule: common.rule_options(rule, settings["lr"]) for rule in args.rules}
-    common.write_tables(out, "accuracy", "Test accuracy: circuit vs BP and baselines", rows, settings, markdown,
+    outputs.write_tables(out, "accuracy", "Test accuracy: circuit vs BP and baselines", rows, settings, markdown,
                         extra={"rule_options": options, "runs": runs})
     plot(rows, out / "accuracy.png")
-    common.say(f"wrote {out}/accuracy.csv, .json, .md, accuracy.png")
+    outputs.say(f"wrote {out}/accuracy.csv, .json, .md, accuracy.png")
     return 0

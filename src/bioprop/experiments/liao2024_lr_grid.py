@@ -20,6 +20,7 @@ import math
 
 from ..errors import BioPropError
 from . import liao2024 as common
+from . import outputs
 
 GRID = [0.01, 0.03, 0.1, 0.3, 1.0]
 AGAINST = {"eta_vbar": ("eta_V̄", GRID), "lr": ("eta_W", [0.01, 0.03, 0.1, 0.3])}
@@ -39,7 +40,7 @@ def grid_table(data, hidden, epochs, seeds, batch, lr, eta_v_values, against, ag
                  lambda seed=seed, eta_w=eta_w, options=options: common.train_run(data, "circuit", hidden, seed, epochs, batch, eta_w, options)[2])
                 for seed in seeds
             ])
-            spread = common.spread([h.final for h in histories])
+            spread = outputs.spread([h.final for h in histories])
             rows.append({
                 "eta_v": eta_v, "eta_vbar": options.get("eta_vbar", eta_vbar_default), "eta_w": eta_w,
                 "acc_mean": spread["mean"], "acc_std": spread["std"], "acc_min": spread["min"], "acc_max": spread["max"],
@@ -71,7 +72,7 @@ def findings(rows: list[dict], against: str) -> str:
 
 
 def plot(rows: list[dict], against: str, path, title: str) -> None:
-    plt = common.pyplot()
+    plt = outputs.pyplot()
     key = "eta_vbar" if against == "eta_vbar" else "eta_w"
     eta_vs = list(dict.fromkeys(r["eta_v"] for r in rows))
     others = list(dict.fromkeys(r[key] for r in rows))
@@ -94,7 +95,7 @@ def plot(rows: list[dict], against: str, path, title: str) -> None:
     axis.set_title(title, fontsize=9)
     figure.colorbar(image, ax=axis, label="test accuracy (mean over seeds)")
     figure.tight_layout()
-    common.save_figure(figure, path)
+    outputs.save_figure(figure, path)
 
 
 def configure_parser(parser) -> None:
@@ -115,21 +116,21 @@ def run(args) -> int:
         if not all(math.isfinite(v) and v > 0 for v in values):
             raise BioPropError(f"{name} {' '.join(map(str, values))}: give rates > 0")
     data = common.load(settings["dataset"], args)
-    out = common.output_folder(args, "liao2024-lr-grid")
+    out = outputs.output_folder(args.out, "liao2024-lr-grid")
     settings.update(eta_v=eta_v_values, against=args.against, against_values=against_values)
-    common.say(f"liao2024-lr-grid: {settings}")
+    outputs.say(f"liao2024-lr-grid: {settings}")
     rows = grid_table(data, settings["hidden"], settings["epochs"], settings["seeds"], settings["batch"], settings["lr"],
                       eta_v_values, args.against, against_values)
     columns = [("eta_v", "eta_V", "g"), ("eta_vbar", "eta_V̄", "g"), ("eta_w", "eta_W", "g"), ("acc_mean", "test acc (mean)", ".4f"),
                ("acc_std", "std", ".4f"), ("acc_min", "min", ".4f"), ("acc_max", "max", ".4f"), ("diverged", "diverged", "d")]
-    markdown = common.markdown_table(rows, columns)
+    markdown = outputs.markdown_table(rows, columns)
     notes = findings(rows, args.against)
     print(markdown)
     print(notes)
     sizes = "-".join(map(str, [data.n_features, *settings["hidden"], data.n_classes]))
     title = f"Circuit learning rates, {settings['dataset']} {sizes}"
-    common.write_tables(out, "lr_grid", title, rows, settings, markdown, notes,
+    outputs.write_tables(out, "lr_grid", title, rows, settings, markdown, notes,
                         extra={"rule_options": common.rule_options("circuit", settings["lr"])})
     plot(rows, args.against, out / "lr_grid.png", title)
-    common.say(f"wrote {out}/lr_grid.csv, .json, .md, lr_grid.png")
+    outputs.say(f"wrote {out}/lr_grid.csv, .json, .md, lr_grid.png")
     return 0

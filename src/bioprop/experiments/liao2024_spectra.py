@@ -26,6 +26,7 @@ import torch
 from ..diagnostics import spectrum_figures
 from ..errors import BioPropError
 from . import liao2024 as common
+from . import outputs
 
 QUICK = dict(dataset="digits", hidden=[64] * 8, epochs=60, seeds=[0], batch=50, lr=None)
 FULL = dict(dataset="svhn", hidden=[200] * 8, epochs=10, seeds=[0], batch=50, lr=None)
@@ -83,7 +84,7 @@ def level_rows(seed, before, after, widths) -> list[dict]:
 
 
 def plot_heatmaps(before, after, levels, path) -> None:
-    plt = common.pyplot()
+    plt = outputs.pyplot()
     panels = [("H = V̄V̄ᵀ, before", before["H"]), ("H = V̄V̄ᵀ, after", after["H"]),
               ("WWᵀ, before", before["WWt"]), ("WWᵀ, after", after["WWt"])]
     figure, axes = plt.subplots(len(panels), len(levels), figsize=(3.0 * len(levels) + 0.6, 11.5), squeeze=False)
@@ -96,11 +97,11 @@ def plot_heatmaps(before, after, levels, path) -> None:
             axes[row][column].set_xticks([])
             axes[row][column].set_yticks([])
     figure.colorbar(image, ax=axes, shrink=0.6, label="entry / max |entry|")
-    common.save_figure(figure, path)
+    outputs.save_figure(figure, path)
 
 
 def plot_spectra(before, after, path) -> None:
-    plt = common.pyplot()
+    plt = outputs.pyplot()
     families = [("W", "upstream W_l"), ("Vbar", "teaching V̄_l (H = V̄V̄ᵀ)"), ("Wbar", "downstream W̄_{l+1}")]
     figure, axes = plt.subplots(1, 3, figsize=(14, 4.0))
     levels = len(after["W"])
@@ -118,7 +119,7 @@ def plot_spectra(before, after, path) -> None:
         axis.set_ylabel("σ_i / σ_1 (dashed: before training)")
     axes[-1].legend(fontsize=7, ncol=2)
     figure.tight_layout()
-    common.save_figure(figure, path)
+    outputs.save_figure(figure, path)
 
 
 def configure_parser(parser) -> None:
@@ -134,9 +135,9 @@ def run(args) -> int:
     if any(not 1 <= level <= depth for level in levels):
         raise BioPropError(f"--show-layers {' '.join(map(str, levels))}: give hidden levels between 1 and {depth}")
     data = common.load(settings["dataset"], args)
-    out = common.output_folder(args, "liao2024-spectra")
+    out = outputs.output_folder(args.out, "liao2024-spectra")
     settings["show_layers"] = levels
-    common.say(f"liao2024-spectra: {settings}")
+    outputs.say(f"liao2024-spectra: {settings}")
     rows, accuracies, figures = [], [], None
     for seed in settings["seeds"]:
         net, rule = common.build(data, "circuit", settings["hidden"], seed, settings["lr"])
@@ -146,14 +147,14 @@ def run(args) -> int:
         rows += level_rows(seed, before, after, rule.downstream_widths(net.sizes))
         accuracies.append({"seed": seed, "test_acc": history.final, "diverged": history.diverged})
         figures = figures or (before, after)
-    markdown = common.markdown_table(rows, COLUMNS)
+    markdown = outputs.markdown_table(rows, COLUMNS)
     notes = "Test accuracy after training: " + ", ".join(
         f"seed {a['seed']}: {a['test_acc']:.4f}" + (" (diverged)" if a["diverged"] else "") for a in accuracies)
     print(markdown)
     print(notes)
-    common.write_tables(out, "spectra", "Effective rank and correlation of H, WWᵀ, W̄W̄ᵀ per hidden level", rows, settings,
+    outputs.write_tables(out, "spectra", "Effective rank and correlation of H, WWᵀ, W̄W̄ᵀ per hidden level", rows, settings,
                         markdown, notes, extra={"accuracy": accuracies, "rule_options": common.rule_options("circuit", settings["lr"])})
     plot_heatmaps(*figures, levels, out / "heatmaps.png")
     plot_spectra(*figures, out / "spectra.png")
-    common.say(f"wrote {out}/spectra.csv, .json, .md, heatmaps.png, spectra.png")
+    outputs.say(f"wrote {out}/spectra.csv, .json, .md, heatmaps.png, spectra.png")
     return 0

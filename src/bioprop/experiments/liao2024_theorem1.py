@@ -26,8 +26,9 @@ from __future__ import annotations
 import math
 
 from ..errors import BioPropError
-from ..files import write_csv
+from ..files import write_atomic, write_csv
 from . import liao2024 as common
+from . import outputs
 
 BASELINES = ("fa", "kp", "sign")
 QUICK = dict(dataset="digits", hidden=[64, 64, 64], epochs=60, seeds=[0], batch=50, lr=None, every=40)
@@ -89,7 +90,7 @@ def _series(records, layer, field):
 
 
 def plot_theorem1(records: list[dict], histories: dict, layers: int, path, title: str) -> None:
-    plt = common.pyplot()
+    plt = outputs.pyplot()
     panels = [
         ("Theorem-1 relative error (dashed: fitted c)", ("theorem1_error", "theorem1_error_fitted"), "log"),
         ("cos(ΔW, −∇W)", ("cos_update",), "linear"),
@@ -123,11 +124,11 @@ def plot_theorem1(records: list[dict], histories: dict, layers: int, path, title
     accuracy.legend(fontsize=7)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    common.save_figure(figure, path)
+    outputs.save_figure(figure, path)
 
 
 def plot_alignment(results: dict, layers: int, path, title: str) -> None:
-    plt = common.pyplot()
+    plt = outputs.pyplot()
     panels = [("cos(ΔW, −∇W)", "cos_update"), ("cos(eps, delta)", "cos_delta"), ("cos(feedback, Wᵀ)", "feedback_cos")]
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.3))
     colors = plt.get_cmap("tab10")
@@ -145,7 +146,7 @@ def plot_alignment(results: dict, layers: int, path, title: str) -> None:
     axes[0].legend(fontsize=6, ncol=2)
     figure.suptitle(title + "  (colour: rule; line style: layer; feedback: W̄V for the circuit, B for the others)", fontsize=10)
     figure.tight_layout()
-    common.save_figure(figure, path)
+    outputs.save_figure(figure, path)
 
 
 def configure_parser(parser) -> None:
@@ -166,9 +167,9 @@ def run(args) -> int:
     for rule in rules:
         common.rule_options(rule, settings["lr"])  # an unknown rule fails now, before anything is written
     data = common.load(settings["dataset"], args)
-    out = common.output_folder(args, "liao2024-theorem1")
+    out = outputs.output_folder(args.out, "liao2024-theorem1")
     settings["rules"] = rules
-    common.say(f"liao2024-theorem1: {settings}")
+    outputs.say(f"liao2024-theorem1: {settings}")
     results = measurements(data, rules, settings["hidden"], settings["epochs"], settings["batch"], settings["lr"],
                            settings["seeds"][0], settings["every"])
     layers = len(settings["hidden"]) + 1
@@ -179,7 +180,7 @@ def run(args) -> int:
     summary = summary_table(results, layers)
     columns = [("rule", "rule", ""), ("quantity", "quantity (start → end)", "")] + [
         (f"layer {l}", f"layer {l}", "") for l in range(1, layers + 1)]
-    markdown = common.markdown_table(summary, columns)
+    markdown = outputs.markdown_table(summary, columns)
     histories = {rule: history for rule, (_, history) in results.items()}
     notes = "Final test accuracy: " + ", ".join(
         f"{rule} {h.final:.4f}" + (" (diverged)" if h.diverged else "") for rule, h in histories.items())
@@ -187,12 +188,12 @@ def run(args) -> int:
     print(notes)
     sizes = "-".join(map(str, [data.n_features, *settings["hidden"], data.n_classes]))
     title = f"Theorem 1 over training, {settings['dataset']} {sizes}"
-    common.write_atomic(out / "theorem1.md", lambda h: h.write(
+    write_atomic(out / "theorem1.md", lambda h: h.write(
         f"## {title}\n\nSettings: {', '.join(f'{k}={v}' for k, v in settings.items())}\n\n{markdown}\n\n{notes}\n"))
-    common.write_json(out / "theorem1.json", {"settings": settings, "summary": summary,
+    outputs.write_strict_json(out / "theorem1.json", {"settings": settings, "summary": summary,
                                               "test_acc": {r: h.test_acc for r, h in histories.items()},
                                               "rule_options": {r: common.rule_options(r, settings["lr"]) for r in rules}})
     plot_theorem1(circuit_records, histories, layers, out / "theorem1.png", title)
     plot_alignment(results, layers, out / "alignment.png", title)
-    common.say(f"wrote {out}/theorem1.csv, alignment.csv, theorem1.json, .md, theorem1.png, alignment.png")
+    outputs.say(f"wrote {out}/theorem1.csv, alignment.csv, theorem1.json, .md, theorem1.png, alignment.png")
     return 0

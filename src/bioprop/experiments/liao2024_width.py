@@ -21,6 +21,7 @@ import statistics
 
 from ..diagnostics import spectrum_figures
 from . import liao2024 as common
+from . import outputs
 
 RATIOS = [1.0, 1.5, 2.0, 3.0, 5.0, 7.5]
 ACTIVATIONS = ["identity", "relu", "tanh"]
@@ -57,7 +58,7 @@ def width_table(data, hidden, epochs, seeds, batch, lr, ratios, activations) -> 
                 return history, before, conditioning(rule, hidden), rule.downstream_widths(net.sizes)
 
             results = common.run_all([(f"g={activation} r={ratio:g} seed {seed}", lambda seed=seed: job(seed)) for seed in seeds])
-            spread = common.spread([history.final for history, *_ in results])
+            spread = outputs.spread([history.final for history, *_ in results])
             rows.append({
                 "activation": activation, "ratio": ratio, "downstream_widths": "-".join(map(str, results[0][3])),
                 "acc_mean": spread["mean"], "acc_std": spread["std"], "acc_min": spread["min"], "acc_max": spread["max"],
@@ -69,7 +70,7 @@ def width_table(data, hidden, epochs, seeds, batch, lr, ratios, activations) -> 
             })
     bp = common.run_all([(f"bp seed {seed}", lambda seed=seed: common.train_run(data, "bp", hidden, seed, epochs, batch, lr)[2])
                          for seed in seeds])
-    spread = common.spread([h.final for h in bp])
+    spread = outputs.spread([h.final for h in bp])
     rows.append({"activation": "BP (reference)", "ratio": None, "downstream_widths": "-",
                  "acc_mean": spread["mean"], "acc_std": spread["std"], "acc_min": spread["min"], "acc_max": spread["max"],
                  "n": spread["n"], "diverged": sum(h.diverged for h in bp), "h_condition_init": None, "h_condition": None,
@@ -85,7 +86,7 @@ def _geometric_mean(values) -> float:
 
 
 def plot(rows: list[dict], path, upstream: str) -> None:
-    plt = common.pyplot()
+    plt = outputs.pyplot()
     figure, axes = plt.subplots(1, 3, figsize=(14, 4.0))
     circuit = [r for r in rows if r["ratio"] is not None]
     reference = next(r for r in rows if r["ratio"] is None)
@@ -111,7 +112,7 @@ def plot(rows: list[dict], path, upstream: str) -> None:
     axes[1].legend(fontsize=8)
     figure.suptitle(f"Downstream width (upstream {upstream}), paper Fig. 2", fontsize=10)
     figure.tight_layout()
-    common.save_figure(figure, path)
+    outputs.save_figure(figure, path)
 
 
 def configure_parser(parser) -> None:
@@ -129,15 +130,15 @@ def run(args) -> int:
     for ratio in settings["ratios"]:
         common.rule_options("circuit", settings["lr"], {"ratio": str(ratio)})
     data = common.load(settings["dataset"], args)
-    out = common.output_folder(args, "liao2024-width")
-    common.say(f"liao2024-width: {settings}")
+    out = outputs.output_folder(args.out, "liao2024-width")
+    outputs.say(f"liao2024-width: {settings}")
     rows = width_table(data, settings["hidden"], settings["epochs"], settings["seeds"], settings["batch"], settings["lr"],
                        settings["ratios"], settings["activations"])
-    markdown = common.markdown_table(rows, COLUMNS)
+    markdown = outputs.markdown_table(rows, COLUMNS)
     print(markdown)
     upstream = "-".join(map(str, [data.n_features, *settings["hidden"], data.n_classes]))
-    common.write_tables(out, "width", f"Downstream width ratio (upstream {upstream})", rows, settings, markdown,
+    outputs.write_tables(out, "width", f"Downstream width ratio (upstream {upstream})", rows, settings, markdown,
                         extra={"rule_options": common.rule_options("circuit", settings["lr"])})
     plot(rows, out / "width.png", upstream)
-    common.say(f"wrote {out}/width.csv, .json, .md, width.png")
+    outputs.say(f"wrote {out}/width.csv, .json, .md, width.png")
     return 0

@@ -10,16 +10,16 @@ Writes dynamics.png and dynamics.csv.
 """
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 
 import torch
 
 from ..data import load_dataset
+from ..files import write_csv
 from ..network import MLP
 from ..rules import make_rule
-from ..files import write_atomic, write_csv
+from .outputs import pyplot, save_figure
 
 RULES = {
     "IL (T=20, gamma=0.1)": ("il", {}),
@@ -46,11 +46,7 @@ def dynamics(hidden=(32, 32, 32), batch=32, seed=0, lr=0.05) -> dict[str, list[d
 
 
 def plot(curves: dict[str, list[dict]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.6), sharey=True)
     for axis, (label, rows) in zip(axes, curves.items()):
         layers = sorted({r["layer"] for r in rows})
@@ -66,10 +62,7 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
     axes[0].set_ylabel("||eps_l(t)||  (circles: weights of layer l change)")
     axes[-1].legend(fontsize=8)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    write_atomic(path, lambda handle: handle.write(buffer.getvalue()), binary=True)
+    save_figure(figure, path)
 
 
 def configure_parser(parser) -> None:
@@ -80,9 +73,9 @@ def configure_parser(parser) -> None:
 
 
 def run(args) -> int:
+    curves = dynamics(tuple(args.hidden), args.batch, args.seed)  # bad arguments fail here, before the folder exists
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    curves = dynamics(tuple(args.hidden), args.batch, args.seed)
     write_csv(out / "dynamics.csv", [{"rule": label, **r} for label, rows in curves.items() for r in rows])
     plot(curves, out / "dynamics.png")
     for label, rows in curves.items():

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..batches import check_examples
 from ..errors import BioPropError
 from ..losses import Loss, get_loss
 from ..network import MLP
@@ -80,31 +81,7 @@ def check_batch(net: MLP, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """Validate a batch against the network and bring it to the net's dtype and device."""
     if not isinstance(net, MLP):
         raise BioPropError(f"net: expected a bioprop.MLP, got {type(net).__name__}")
-    x = torch.as_tensor(x)
-    y = torch.as_tensor(y)
-    n_in, n_out = net.sizes[0], net.sizes[-1]
-    if x.ndim != 2 or x.shape[1] != n_in:
-        raise BioPropError(f"x: expected shape (batch, {n_in}) for a net with sizes {net.sizes}, got {tuple(x.shape)}")
-    if y.ndim == 1 and not y.dtype.is_floating_point:
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_out):
-            raise BioPropError(f"y: integer labels must lie in [0, {n_out}), got range [{int(y.min())}, {int(y.max())}]")
-        y = torch.nn.functional.one_hot(y.long(), n_out)
-    if y.ndim != 2 or y.shape[1] != n_out:
-        raise BioPropError(
-            f"y: expected shape (batch, {n_out}) targets or (batch,) integer labels for a net with sizes {net.sizes}, "
-            f"got {tuple(y.shape)}"
-        )
-    if x.shape[0] != y.shape[0]:
-        raise BioPropError(f"x and y: batch sizes differ ({x.shape[0]} inputs, {y.shape[0]} targets)")
-    if x.shape[0] == 0:
-        raise BioPropError("x: the batch is empty")
-    x = x.to(dtype=net.dtype, device=net.device)
-    y = y.to(dtype=net.dtype, device=net.device)
-    if not torch.isfinite(x).all():
-        raise BioPropError("x: contains NaN or infinite values; clean the input data")
-    if not torch.isfinite(y).all():
-        raise BioPropError("y: contains NaN or infinite values; clean the targets")
-    return x, y
+    return check_examples(x, y, net.sizes[0], net.sizes[-1], f"a net with sizes {net.sizes}", net.dtype, net.device)
 
 
 def sgd_write(parameter: Tensor, change: Tensor) -> None:

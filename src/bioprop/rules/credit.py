@@ -262,7 +262,7 @@ class CreditRule(LearningRule):
         """g(z_l) for l = 1..L; None where g is 1 (sigma' of the linear output layer)."""
         if self._balance.is_derivative:
             return [net.activation.derivative(z) for z in preactivations[:-1]] + [None]
-        return [self._balance.function(z) for z in preactivations]
+        return [self._balance(z) for z in preactivations]
 
 
 def _layered_firing(net: MLP, x: Tensor, steps: int | None, record: list | None):
