@@ -560,3 +560,19 @@ def test_verify_fails_when_the_k_table_disagrees_with_the_derivation(monkeypatch
     monkeypatch.setattr(bioprop.verify, "settling_steps_needed", lambda n_layers, mode: (n_layers - 1, n_layers - 2))
     report = verify_rule("credit", sizes=[8, 6, 5, 4])
     assert report.exact and not report.step_cuts["as_derived"] and not report.passed
+
+
+def test_diagnostics_see_the_credit_rule_as_bp_and_a_gaussian_balance_as_not():
+    # oracle: autograd's gradient, through bioprop.diagnostics.measure (the path train
+    # --diagnostics-every logs); negative control: a Gaussian balance
+    from bioprop.diagnostics import measure
+
+    net = bioprop.MLP([6, 5, 4, 3], activation="tanh", dtype=torch.float64, seed=0)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 6, generator=generator, dtype=torch.float64)
+    y = torch.randn(8, 3, generator=generator, dtype=torch.float64)
+    exact = measure(bioprop.make_rule("credit", lr=0.1), net, x, y)
+    assert max(r["rel_update"] for r in exact) <= 1e-12
+    assert min(r["cos_delta"] for r in exact[:-1]) >= 1 - 1e-12
+    broken = measure(bioprop.make_rule("credit", lr=0.1, balance="gaussian"), net, x, y)
+    assert max(r["rel_update"] for r in broken) > 1e-3

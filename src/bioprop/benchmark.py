@@ -28,6 +28,7 @@ DEFAULT_CASES = {
     "sign": ("sign", {}),
     "dfa": ("dfa", {}),
     "credit": ("credit", {}),
+    "circuit (r=4)": ("circuit", {}),
 }
 
 

@@ -242,8 +242,9 @@ class CreditRule(LearningRule):
                                    credit_cut is None or credit_cut >= needed_credit, residual)
 
         biases = net.biases
-        for layer, (weight, c, g, presynaptic) in enumerate(zip(net.weights, credit, gains, rates)):
-            drive = c if g is None else c * g  # c_l g(z_l): BP's -d_l at the fixpoint
+        drives = [c if g is None else c * g for c, g in zip(credit, gains)]  # c_l g(z_l): BP's -d_l at the fixpoint
+        batch = x.shape[0]
+        for layer, (weight, drive, presynaptic) in enumerate(zip(net.weights, drives, rates)):
             weight_step, bias_step = hebbian_change(self.lr, drive, presynaptic)
             sgd_write(weight, weight_step)
             if biases is not None:
@@ -252,6 +253,9 @@ class CreditRule(LearningRule):
             "loss": float(self.loss(output, y)),
             "output": output,
             "credit": credit,
+            # in BP's sign convention, for bioprop.diagnostics: delta_l = -c_l g(z_l), G_l = <delta_l h_{l-1}ᵀ>
+            "deltas": [-drive for drive in drives[:-1]],
+            "gradient_estimates": [-(drive.T @ presynaptic) / batch for drive, presynaptic in zip(drives, rates)],
             **_settling_info(firing, credit_settling),
         }
         if trace:
