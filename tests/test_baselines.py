@@ -264,7 +264,7 @@ def test_draw_follows_the_xavier_law_of_the_weights():
     bound = 2.0 * 2**0.5 * (6 / 300) ** 0.5
     assert feedback.shape == (200, 100)
     assert feedback.abs().max() <= bound and feedback.abs().max() > 0.99 * bound
-    assert feedback.std() == pytest.approx(2.0 * net.weights[1].detach().std(), rel=0.05)
+    assert float(feedback.std()) == pytest.approx(2.0 * float(net.weights[1].detach().std()), rel=0.05)
 
 
 def test_first_step_draws_lazily_like_initialize():
