@@ -269,39 +269,38 @@ class FourSynapseCircuit(LearningRule):
         signals = [*teaching, error]
         estimates = [(signal.T @ rate) / batch for signal, rate in zip(signals, rates)]
 
-        changes_w = [-self.lr * (g_l + self.lam * w) for g_l, w in zip(estimates, net.weights)]
-        changes_b = [-self.lr * s.mean(dim=0) for s in signals] if net.has_bias else []
-        changes_fb, changes_v, changes_vbar = [], [], []
-        if L > 1:
-            if "Wbar" in self.plastic:
-                for l in range(2, L):
-                    wbar = self.feedback[l - 2]
-                    hebbian = (rates[l - 1].T @ downstream[l - 1]) / batch
-                    changes_fb.append(-self.learning_rate_wbar * hebbian - self.lr * self.lam * wbar)
-                changes_fb.append(-self.lr * ((rates[L - 1].T @ error) / batch + self.lam * self.feedback[-1]))
+        # Every increment below is computed from this step's signals before any write; each
+        # matrix's own decay is then applied in place with its increment (w(1 - lr lam) - lr G is
+        # w - lr (G + lam w)), which saves a temporary the size of every matrix.
+        hebbian_fb = []
+        if L > 1 and "Wbar" in self.plastic:
+            hebbian_fb = [(rates[l - 1].T @ downstream[l - 1]) / batch for l in range(2, L)]
+            hebbian_fb.append((rates[L - 1].T @ error) / batch)
+        cross = []
+        if "V" in self.plastic or "Vbar" in self.plastic:
             for l in range(1, L):
-                normalising = eps[l - 1] if self.normalizer == "error" else downstream[l - 1]
-                rho = (normalising**2).sum(dim=1).mean()
                 increment = self.cross_increment(downstream[l - 1], eps[l - 1], teaching[l - 1]) / batch
                 if self.normalise_cross:
                     # rho normalises the delta rule's step: without it the cross pair explodes
-                    increment = increment / rho if rho > 0 else torch.zeros_like(increment)
-                if "V" in self.plastic:
-                    changes_v.append(self.eta_v * increment - self.kappa * self.to_downstream[l - 1])
-                if "Vbar" in self.plastic:
-                    changes_vbar.append(self.eta_vbar * increment.T - self.kappa * self.to_teaching[l - 1])
+                    normalising = eps[l - 1] if self.normalizer == "error" else downstream[l - 1]
+                    rho = (normalising**2).sum(dim=1).mean()
+                    increment = torch.where(rho > 0, increment / rho, torch.zeros_like(increment))
+                cross.append(increment)
 
         if "W" in self.plastic:
-            for w, change in zip(net.weights, changes_w):
-                w.data.add_(change)
-            for b, change in zip(net.biases or [], changes_b):
-                b.data.add_(change)
-        for matrix, change in zip(self.feedback, changes_fb):
-            matrix.add_(change)
-        for matrix, change in zip(self.to_downstream, changes_v):
-            matrix.add_(change)
-        for matrix, change in zip(self.to_teaching, changes_vbar):
-            matrix.add_(change)
+            for w, estimate in zip(net.weights, estimates):
+                w.data.mul_(1 - self.lr * self.lam).add_(estimate, alpha=-self.lr)
+            for b, signal in zip(net.biases or [], signals):
+                b.data.add_(signal.mean(dim=0), alpha=-self.lr)
+        feedback_rates = [self.learning_rate_wbar] * (L - 2) + [self.lr]
+        for matrix, hebbian, rate in zip(self.feedback, hebbian_fb, feedback_rates):
+            matrix.mul_(1 - self.lr * self.lam).add_(hebbian, alpha=-rate)
+        if "V" in self.plastic:
+            for matrix, increment in zip(self.to_downstream, cross):
+                matrix.mul_(1 - self.kappa).add_(increment, alpha=self.eta_v)
+        if "Vbar" in self.plastic:
+            for matrix, increment in zip(self.to_teaching, cross):
+                matrix.mul_(1 - self.kappa).add_(increment.T, alpha=self.eta_vbar)
 
         info: dict[str, Any] = {
             "loss": float(self.loss(output, y)),
