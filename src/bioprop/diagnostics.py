@@ -37,18 +37,10 @@ Tensor = torch.Tensor
 def bp_gradients(net: MLP, loss, x: Tensor, y: Tensor) -> tuple[list[Tensor], list[Tensor]]:
     """Autograd's dLoss/dW_l (l = 1..L) and BP's deltas dLoss/dz_l (l = 1..L-1) on this batch."""
     with torch.enable_grad():
-        weights = [w.detach().clone().requires_grad_(True) for w in net.weights]
-        biases = [b.detach() for b in net.biases] if net.has_bias else None
-        rates = net.input_rates(x)
-        preactivations = []
-        for l, w in enumerate(weights):
-            z = rates @ w.T + (biases[l] if biases is not None else 0)
-            preactivations.append(z)
-            if l < len(weights) - 1:
-                rates = net.activation(z)
-        value = loss(preactivations[-1], y)
-        gradients = torch.autograd.grad(value, weights + preactivations[:-1])
-    L = len(weights)
+        forward = net.forward_pass(x)
+        value = loss(forward.output, y)
+        gradients = torch.autograd.grad(value, net.weights + forward.preactivations[:-1])
+    L = net.n_layers
     return list(gradients[:L]), list(gradients[L:])
 
 
@@ -92,28 +84,23 @@ def _records(rule, rule_copy, net: MLP, info: dict, gradients: list[Tensor], del
     if rule_deltas is not None:
         for record, eps, delta in zip(records, rule_deltas, deltas):
             record["cos_delta"] = cosine(eps, delta)
-    alignment = _feedback_alignment(rule, net)
-    for l, value in alignment.items():
+    circuit = hasattr(rule, "preconditioners") and getattr(rule, "sizes", None) is not None
+    alignment = rule.alignment(net) if circuit else {}
+    if circuit:
+        feedback_cos = alignment.get("cos_feedback_wT", [])
+    elif hasattr(rule, "feedback_alignment"):
+        feedback_cos = rule.feedback_alignment(net)
+    else:
+        feedback_cos = []
+    for l, value in zip(range(2, L + 1), feedback_cos):  # feedback of layers 2..L
         records[l - 1]["feedback_cos"] = value
-    if hasattr(rule, "preconditioners") and getattr(rule, "sizes", None) is not None:
-        _circuit_figures(rule, rule_copy, net, records, estimates, gradients)
+    if circuit:
+        _circuit_figures(rule, rule_copy, alignment, records, estimates, gradients)
     return records
 
 
-def _feedback_alignment(rule, net: MLP) -> dict[int, float]:
-    """layer -> cos(feedback, W_lᵀ) for rules that expose one."""
-    if hasattr(rule, "alignment") and getattr(rule, "sizes", None) is not None:
-        values = rule.alignment(net).get("cos_feedback_wT", [])
-        return {l: v for l, v in zip(range(2, net.n_layers + 1), values)}
-    if hasattr(rule, "feedback_alignment"):
-        values = rule.feedback_alignment(net)
-        return {l: v for l, v in zip(range(2, net.n_layers + 1), values)}
-    return {}
-
-
-def _circuit_figures(rule, stepped, net: MLP, records, estimates, gradients) -> None:
+def _circuit_figures(rule, stepped, alignment: dict, records, estimates, gradients) -> None:
     c = rule.theorem_scale
-    alignment = rule.alignment(net)
     for level, h in enumerate(rule.preconditioners(), start=1):
         record = records[level - 1]
         target = h @ gradients[level - 1]

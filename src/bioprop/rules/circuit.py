@@ -50,6 +50,7 @@ from ..diagnostics import cosine
 from ..errors import BioPropError
 from ..network import MLP
 from .base import LearningRule, check_positive
+from .feedback import draw_uniform, xavier_bound
 
 Tensor = torch.Tensor
 
@@ -186,22 +187,17 @@ class FourSynapseCircuit(LearningRule):
 
     def initialize(self, net: MLP) -> None:
         """Draw W̄, V, V̄ for `net` as independent uniform Glorot draws times their scales."""
-        generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
         sizes = list(net.sizes)
-        widths = self.downstream_widths(sizes)
-        hidden = sizes[1:-1]
-
-        def draw(rows: int, cols: int, scale: float) -> Tensor:
-            bound = math.sqrt(6.0 / (rows + cols)) * scale
-            sample = (torch.rand(rows, cols, generator=generator, dtype=torch.float64) * 2 - 1) * bound
-            return sample.to(dtype=net.dtype, device=net.device)
-
-        self.to_downstream = [draw(m, n, self.scale_v) for m, n in zip(widths, hidden)]
-        self.to_teaching = [draw(n, m, self.scale_vbar) for m, n in zip(widths, hidden)]
-        # W̄_l for l = 2..L-1 maps downstream l (width m_l) to upstream l-1; W̄_L maps the error.
-        self.feedback = [draw(sizes[l - 1], widths[l - 1], self.scale_wbar) for l in range(2, len(sizes) - 1)]
-        if len(sizes) > 2:
-            self.feedback.append(draw(sizes[-2], sizes[-1], self.scale_wbar))
+        shapes = self.pathway_shapes(sizes)
+        scales = {"to_downstream": self.scale_v, "to_teaching": self.scale_vbar, "feedback": self.scale_wbar}
+        order = ("to_downstream", "to_teaching", "feedback")  # the draw order fixes what a seed gives
+        drawn = iter(draw_uniform(
+            [shape for key in order for shape in shapes[key]],
+            [xavier_bound(shape, "linear", scales[key]) for key in order for shape in shapes[key]],
+            self.seed,
+        ))
+        for key in order:
+            setattr(self, key, [next(drawn).to(dtype=net.dtype, device=net.device) for _ in shapes[key]])
         self.sizes = sizes
 
     def _ensure_initialized(self, net: MLP) -> None:
