@@ -75,7 +75,7 @@ from ..rate_network import (
     settle_credit,
     weight_change,
 )
-from .base import LearningRule, check_batch, check_int, check_positive, hebbian_change, sgd_write
+from .base import LearningRule, check_batch, check_int, check_positive, sgd_write
 
 Tensor = torch.Tensor
 
@@ -244,18 +244,18 @@ class CreditRule(LearningRule):
         biases = net.biases
         drives = [c if g is None else c * g for c, g in zip(credit, gains)]  # c_l g(z_l): BP's -d_l at the fixpoint
         batch = x.shape[0]
-        for layer, (weight, drive, presynaptic) in enumerate(zip(net.weights, drives, rates)):
-            weight_step, bias_step = hebbian_change(self.lr, drive, presynaptic)
-            sgd_write(weight, weight_step)
+        # <c_l g(z_l) h_{l-1}ᵀ>, in BP's sign convention for bioprop.diagnostics: G_l = -<.>, and dW_l = -lr G_l
+        estimates = [-(drive.T @ presynaptic) / batch for drive, presynaptic in zip(drives, rates)]
+        for layer, (weight, drive, estimate) in enumerate(zip(net.weights, drives, estimates)):
+            weight.data.add_(estimate, alpha=-self.lr)
             if biases is not None:
-                sgd_write(biases[layer], bias_step)
+                biases[layer].data.add_(drive.mean(dim=0), alpha=self.lr)
         info = {
             "loss": float(self.loss(output, y)),
             "output": output,
             "credit": credit,
-            # in BP's sign convention, for bioprop.diagnostics: delta_l = -c_l g(z_l), G_l = <delta_l h_{l-1}ᵀ>
-            "deltas": [-drive for drive in drives[:-1]],
-            "gradient_estimates": [-(drive.T @ presynaptic) / batch for drive, presynaptic in zip(drives, rates)],
+            "deltas": [-drive for drive in drives[:-1]],  # delta_l = -c_l g(z_l)
+            "gradient_estimates": estimates,
             **_settling_info(firing, credit_settling),
         }
         if trace:
