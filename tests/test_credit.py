@@ -555,9 +555,10 @@ def test_bad_batches_raise():
 
 def test_verify_fails_when_the_k_table_disagrees_with_the_derivation(monkeypatch):
     # negative control of the table check: claim one step fewer than derived
-    import bioprop.verify
+    import bioprop.rules.credit
 
-    monkeypatch.setattr(bioprop.verify, "settling_steps_needed", lambda n_layers, mode: (n_layers - 1, n_layers - 2))
+    # the rule derives its own step counts (CreditRule.step_cut_columns)
+    monkeypatch.setattr(bioprop.rules.credit, "settling_steps_needed", lambda n_layers, mode: (n_layers - 1, n_layers - 2))
     report = verify_rule("credit", sizes=[8, 6, 5, 4])
     assert report.exact and not report.step_cuts["as_derived"] and not report.passed
 

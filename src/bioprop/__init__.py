@@ -8,14 +8,22 @@
 from .activations import Activation, get_activation, register_activation
 from .errors import BioPropError, DataUnavailableError
 from .losses import get_loss
-from .network import MLP
+from .network import MLP, ForwardPass, Network
+from .recurrent import ElmanRNN
+from .wrap import wrap
 from .rate_network import RateNetwork
 from .rules import LearningRule, make_rule, rule_names
+from .rules.base import StepResult
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MLP",
+    "Network",
+    "ForwardPass",
+    "ElmanRNN",
+    "StepResult",
+    "wrap",
     "RateNetwork",
     "Activation",
     "BioPropError",

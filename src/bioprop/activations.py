@@ -77,5 +77,19 @@ def get_activation(activation: str | Activation) -> Activation:
         ) from None
 
 
+def leaky_relu_activation(negative_slope: float = 0.01) -> Activation:
+    """Leaky relu with this slope (the registered "leaky_relu" for torch's default 0.01)."""
+    if negative_slope == 0.01:
+        return _REGISTRY["leaky_relu"]
+
+    def f(z: Tensor) -> Tensor:
+        return torch.nn.functional.leaky_relu(z, negative_slope)
+
+    def derivative(z: Tensor) -> Tensor:
+        return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, negative_slope))
+
+    return Activation(f"leaky_relu({negative_slope:g})", f, derivative)
+
+
 def activation_names() -> list[str]:
     return sorted(_REGISTRY)

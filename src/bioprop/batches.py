@@ -18,6 +18,14 @@ def check_examples(x, y, n_in: int, n_out: int, network: str, dtype: torch.dtype
     y = torch.as_tensor(y)
     if x.ndim != 2 or x.shape[1] != n_in:
         raise BioPropError(f"x: expected shape (batch, {n_in}) for {network}, got {tuple(x.shape)}")
+    return check_targets(x, y, n_out, network, dtype, device)
+
+
+def check_targets(x: Tensor, y, n_out: int, network: str, dtype: torch.dtype,
+                  device: torch.device) -> tuple[Tensor, Tensor]:
+    """y (B, n_out) targets or (B,) integer labels (made one-hot) for the inputs x (B, ...),
+    both checked for finiteness and brought to `dtype` and `device`."""
+    y = torch.as_tensor(y)
     if y.ndim == 1 and not y.dtype.is_floating_point:
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_out):
             raise BioPropError(f"y: integer labels must lie in [0, {n_out}), got range [{int(y.min())}, {int(y.max())}]")

@@ -16,20 +16,15 @@ from .errors import BioPropError
 from .network import MLP
 from .rules import make_rule, rule_names
 
-#: name shown -> (rule, options)
-DEFAULT_CASES = {
-    "bp": ("bp", {}),
-    "zil": ("zil", {}),
-    "zil (full dynamics)": ("zil", {"dynamics": "full"}),
-    "fazil": ("fazil", {}),
-    "il (T=20)": ("il", {"n_steps": 20}),
-    "fa": ("fa", {}),
-    "kp": ("kp", {}),
-    "sign": ("sign", {}),
-    "dfa": ("dfa", {}),
-    "credit": ("credit", {}),
-    "circuit (r=4)": ("circuit", {}),
-}
+def default_cases() -> dict[str, tuple[str, dict]]:
+    """name shown -> (rule, options): every registered rule's own benchmark_cases, bp first."""
+    from .rules import RULES
+
+    cases = {label: ("bp", options) for label, options in RULES["bp"].benchmark_cases.items()}
+    for name, rule in RULES.items():
+        if name != "bp":
+            cases.update({label: (name, options) for label, options in (rule.benchmark_cases or {name: {}}).items()})
+    return cases
 
 
 def _synchronize(device: torch.device) -> None:
@@ -57,7 +52,7 @@ def time_rule(rule_name, options, sizes, batch, dtype, device, repeats, warmup, 
 
 
 def benchmark(sizes, batch, dtype, device, repeats, warmup, cases=None, activation="sigmoid", loss="mse") -> list[dict]:
-    cases = cases or DEFAULT_CASES
+    cases = cases or default_cases()
     rows = []
     for label, (rule_name, options) in cases.items():
         seconds = time_rule(rule_name, options, sizes, batch, dtype, device, repeats, warmup, activation, loss)
@@ -90,13 +85,14 @@ def run(args) -> int:
         if len(sizes) < 2 or min(sizes) < 1:
             raise BioPropError(f"--sizes {sizes}: give at least two positive layer widths, input first")
     dtype = getattr(torch, args.dtype)
-    cases = DEFAULT_CASES
+    all_cases = default_cases()
+    cases = all_cases
     if args.rules:
-        unknown = sorted(set(args.rules) - {case[0] for case in DEFAULT_CASES.values()})
+        unknown = sorted(set(args.rules) - {case[0] for case in all_cases.values()})
         if unknown:
-            raise BioPropError(f"--rules {unknown}: not benchmarked; choose from {sorted({c[0] for c in DEFAULT_CASES.values()})}")
-        cases = {label: case for label, case in DEFAULT_CASES.items() if case[0] in args.rules}
-        cases = {"bp": DEFAULT_CASES["bp"], **cases}
+            raise BioPropError(f"--rules {unknown}: not benchmarked; choose from {sorted({c[0] for c in all_cases.values()})}")
+        cases = {label: case for label, case in all_cases.items() if case[0] in args.rules}
+        cases = {"bp": all_cases["bp"], **cases}
     all_sizes = args.sizes or [[64, 64, 64, 10], [784, 256, 256, 256, 10]]
     print(f"one training step, median of {args.repeats} after {args.warmup} warm-up; batch {args.batch}, {args.dtype}, "
           f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")

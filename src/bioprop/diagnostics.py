@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from .measures import cosine, relative
 from .network import MLP
 
 Tensor = torch.Tensor
@@ -142,17 +143,3 @@ def _figures_from_eigenvalues(eigenvalues: Tensor) -> dict[str, float]:
     entropy = float(-(p * p.log()).sum())
     smallest, largest = float(eigenvalues.min()), float(eigenvalues.max())
     return {"h_effective_rank": math.exp(entropy), "h_condition": largest / smallest if smallest > 0 else math.inf}
-
-
-def cosine(a: Tensor, b: Tensor) -> float:
-    """<a, b> / (||a|| ||b||) over all entries; NaN when either is zero."""
-    a, b = a.detach().reshape(-1).double(), b.detach().reshape(-1).double()
-    norms = a.norm() * b.norm()
-    return float((a @ b) / norms) if norms > 0 else math.nan
-
-
-def relative(a: Tensor, b: Tensor) -> float:
-    """||a - b|| / ||b|| (NaN when b = 0)."""
-    a, b = a.detach().double(), b.detach().double()
-    scale = b.norm()
-    return float((a - b).norm() / scale) if scale > 0 else math.nan

@@ -10,8 +10,8 @@ in float64 and in float32 (if float64 shrinks the difference, float32's was roun
 rule that claims exactness passes when every float64 rel <= tolerance (1e-10). Negative
 controls break one of its conditions on purpose and must *fail* the same check; a control
 that passes means the check cannot see a broken rule, and verify fails. Approximate rules
-(IL) get the figures (cos, rel) without a verdict. Rules with settling dynamics (STEP_CUTS:
-credit) also get the divergence against the number of settling iterations k, which must be
+(IL) get the figures (cos, rel) without a verdict. Each rule names its own negative controls
+(`negative_controls`). Rules with settling dynamics (`step_cut_columns`: credit) also get the divergence against the number of settling iterations k, which must be
 exact from the derived count on and not before.
 """
 from __future__ import annotations
@@ -25,42 +25,8 @@ import torch
 from .errors import BioPropError
 from .network import MLP
 from .rules import make_rule
-from .rules.credit import settling_steps_needed
 
 EXACT_TOLERANCE = 1e-10
-
-#: rule -> [(label, options that break one condition, or a function of the sizes giving them)]
-NEGATIVE_CONTROLS = {
-    "zil": [
-        ("C3 broken: gamma=0.99999", {"gamma": 0.99999}),
-        ("C2 broken: all layers updated at t=1", {"update_at": 1}),
-        ("C1 broken: noisy start, sigma=1e-3", {"init_noise": 1e-3}),
-    ],
-    "fazil": [
-        ("C3 broken: gamma=0.99999", {"gamma": 0.99999}),
-        ("C1 broken: noisy start, sigma=1e-3", {"init_noise": 1e-3}),
-    ],
-    "credit": [
-        ("balance gaussian (width 1), not sigma'", {"balance": "gaussian"}),
-        ("firing cut one step short (k = L-1)", lambda sizes: {"firing_steps": len(sizes) - 2}),
-        ("credit cut one step short (k = L-2)", lambda sizes: {"credit_steps": len(sizes) - 3}),
-    ],
-}
-
-
-def _credit_step_cuts(n_layers: int, options: dict) -> dict:
-    """column -> (options limiting settling to k iterations, smallest k derived to be exact)."""
-    firing, credit = settling_steps_needed(n_layers, options.get("output_mode", "clamp"))
-    return {
-        "firing": (lambda k: {"firing_steps": k}, firing),
-        "credit": (lambda k: {"credit_steps": k}, credit),
-        "both": (lambda k: {"firing_steps": k, "credit_steps": k}, max(firing, credit)),
-    }
-
-
-#: rule -> function (n_layers, options) -> the columns of its timescale-cut table (see _credit_step_cuts)
-STEP_CUTS = {"credit": _credit_step_cuts}
-
 
 @dataclass
 class LayerComparison:
@@ -94,7 +60,7 @@ class VerifyReport:
     claims_exactness: bool
     comparisons: list[Comparison]
     controls: list[dict] = field(default_factory=list)
-    #: divergence from BP against the number of settling iterations k (rules in STEP_CUTS)
+    #: divergence from BP against the number of settling iterations k (rules with step_cut_columns)
     step_cuts: dict = field(default_factory=dict)
 
     @property
@@ -201,14 +167,15 @@ def verify_rule(
     if controls and report.claims_exactness and len(sizes) > 2:
         # a control breaks one condition; the shortcut dynamics refuses broken conditions, so drop it
         base_options = {k: v for k, v in rule_options.items() if k != "dynamics"}
-        for label, broken in NEGATIVE_CONTROLS.get(rule_name, []):
-            broken = broken(sizes) if callable(broken) else broken
+        for label, broken in probe.negative_controls:
+            broken = broken(len(sizes) - 1) if callable(broken) else broken
             result = compare_updates(rule_name, {**base_options, **broken}, dtype=torch.float64, **setup)
             report.controls.append(
                 {"control": label, "options": broken, "max_rel": result.max_rel, "diverges": result.max_rel > EXACT_TOLERANCE}
             )
-        if rule_name in STEP_CUTS:
-            report.step_cuts = step_cut_table(STEP_CUTS[rule_name](len(sizes) - 1, rule_options), rule_name, base_options, setup)
+        columns = probe.step_cut_columns(len(sizes) - 1)
+        if columns:
+            report.step_cuts = step_cut_table(columns, rule_name, base_options, setup)
     return report
 
 

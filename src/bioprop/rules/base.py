@@ -1,22 +1,49 @@
-"""What every learning rule shares: argument checks, the batch contract, the SGD write.
+"""What every learning rule shares: argument checks, the batch contract, the typed step result.
 
 A rule is a thin object holding its hyper-parameters; `step(net, x, y)` performs one training
-step on a batch in place and returns a dict of diagnostics (at least "loss", the batch loss
-before the update, and "output", the network output z_L before the update).
+step on a batch in place, on any `bioprop.Network` (an MLP, a wrapped nn.Sequential, an ElmanRNN),
+and returns a `StepResult` (a dataclass: at least `loss`, the batch loss before the update, and
+`output`, the network output z_L before the update; each rule's subclass adds what it measured).
+For code written against the earlier dict results, `result["loss"]` reads the attribute too.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 
-from ..batches import check_examples
 from ..errors import BioPropError
 from ..losses import Loss, get_loss
-from ..network import MLP
+from ..network import MLP, Network
 
 Tensor = torch.Tensor
+
+
+@dataclass
+class StepResult:
+    """What one training step reports. `trace` (per inference step: the rule's state) is None
+    unless the step was asked for one with trace=True."""
+
+    loss: float
+    output: Tensor
+    trace: list | None = None
+
+    # read access by key, for code written against the earlier dict results
+    def __getitem__(self, key: str) -> Any:
+        if key in self.keys():
+            return getattr(self, key)
+        raise KeyError(f"{type(self).__name__} has no field {key!r}; it has {self.keys()}")
+
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self)]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self.keys() else default
 
 
 class LearningRule:
@@ -25,23 +52,35 @@ class LearningRule:
     name: str = "rule"
     #: True when the SPEC claims the rule's update equals BP's SGD update exactly.
     claims_exactness: bool = False
+    #: Negative controls for `bioprop verify`: (label, options) pairs, each breaking one of the
+    #: exactness conditions, so each must make the rule diverge from BP; options may be a
+    #: function of the number of levels L giving them.
+    negative_controls: ClassVar[tuple] = ()
+    #: Cases `bioprop benchmark` times: label -> options (the rule's defaults first).
+    benchmark_cases: ClassVar[dict[str, dict]] = {}
+
+    def step_cut_columns(self, n_levels: int) -> dict | None:
+        """Rules with settling dynamics: column -> (k -> options cutting settling to k steps,
+        the smallest k derived to be exact) for verify's timescale-cut table; None elsewhere."""
+        return None
 
     def __init__(self, lr: float = 0.01, loss: str | Loss = "mse"):
         self.lr = check_positive("lr", lr)
         self.loss = get_loss(loss)
 
-    def step(self, net: MLP, x: Tensor, y: Tensor, trace: bool = False) -> dict[str, Any]:
-        """One training step on the batch (x, y); updates `net` in place.
+    def step(self, net: Network, x: Tensor, y: Tensor, trace: bool = False) -> StepResult:
+        """One training step on the batch (x, y); updates `net`'s parameters in place.
 
-        x: (B, n_0) inputs. y: (B, n_L) targets (one-hot or real-valued), or (B,) integer labels
-        (turned into one-hot). With trace=True the returned dict holds "trace", a list of the
-        rule's inference states (per step: value and error nodes of every layer).
+        x: a batch in the network's input shape ((B, n_0) for an MLP, (B, C, H, W) for a 2-d conv
+        net, (B, T, n_in) for an ElmanRNN). y: (B, n_out) targets (one-hot or real-valued), or
+        (B,) integer labels (turned into one-hot). With trace=True the result's `trace` lists the
+        rule's inference states (per step: value and error nodes of every level).
         """
         x, y = check_batch(net, x, y)
         with torch.no_grad():
             return self._step(net, x, y, trace)
 
-    def _step(self, net: MLP, x: Tensor, y: Tensor, trace: bool) -> dict[str, Any]:
+    def _step(self, net: Network, x: Tensor, y: Tensor, trace: bool) -> StepResult:
         raise NotImplementedError
 
     def options(self) -> dict[str, Any]:
@@ -77,11 +116,12 @@ def check_int(name: str, value: int, minimum: int) -> int:
     return value
 
 
-def check_batch(net: MLP, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+def check_batch(net: Network, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """Validate a batch against the network and bring it to the net's dtype and device."""
-    if not isinstance(net, MLP):
-        raise BioPropError(f"net: expected a bioprop.MLP, got {type(net).__name__}")
-    return check_examples(x, y, net.sizes[0], net.sizes[-1], f"a net with sizes {net.sizes}", net.dtype, net.device)
+    if not isinstance(net, Network):
+        hint = " (wrap a torch nn.Sequential with bioprop.wrap(model))" if isinstance(net, torch.nn.Module) else ""
+        raise BioPropError(f"net: expected a bioprop.Network, got {type(net).__name__}{hint}")
+    return net.check_batch(x, y)
 
 
 def sgd_write(parameter: Tensor, change: Tensor) -> None:

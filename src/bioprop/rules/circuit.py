@@ -46,7 +46,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..activations import get_activation
-from ..diagnostics import cosine
+from ..measures import cosine
 from ..errors import BioPropError
 from ..network import MLP
 from .base import LearningRule, check_positive
@@ -107,6 +107,7 @@ class FourSynapseCircuit(LearningRule):
     """
 
     name = "circuit"
+    benchmark_cases = {"circuit (r=4)": {}}
 
     def __init__(
         self,

@@ -95,6 +95,20 @@ def settling_steps_needed(n_layers: int, output_mode: str = "clamp") -> tuple[in
 
 class CreditRule(LearningRule):
     name = "credit"
+    negative_controls = (
+        ("balance gaussian (width 1), not sigma'", {"balance": "gaussian"}),
+        ("firing cut one step short (k = L-1)", lambda n_levels: {"firing_steps": n_levels - 1}),
+        ("credit cut one step short (k = L-2)", lambda n_levels: {"credit_steps": n_levels - 2}),
+    )
+    benchmark_cases = {"credit": {}}
+
+    def step_cut_columns(self, n_levels: int) -> dict:
+        firing, credit = settling_steps_needed(n_levels, self.output_mode)
+        return {
+            "firing": (lambda k: {"firing_steps": k}, firing),
+            "credit": (lambda k: {"credit_steps": k}, credit),
+            "both": (lambda k: {"firing_steps": k, "credit_steps": k}, max(firing, credit)),
+        }
 
     def __init__(
         self,

@@ -23,12 +23,13 @@ Options: feedback_scale (1.0), seed (0; the trainer passes its --seed).
 """
 from __future__ import annotations
 
-from ..diagnostics import cosine
+from ..measures import cosine
 from .feedback import FeedbackRule, direct_sweep
 
 
 class DirectFeedbackAlignment(FeedbackRule):
     name = "dfa"
+    benchmark_cases = {"dfa": {}}
 
     def __init__(self, lr=0.01, loss="mse", feedback_scale=1.0, seed=0):
         super().__init__(lr, loss, feedback_scale, seed)

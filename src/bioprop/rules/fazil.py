@@ -185,6 +185,11 @@ class DetectionTally:
 class FullyAutonomousZIL(LearningRule):
     name = "fazil"
     claims_exactness = True
+    negative_controls = (
+        ("C3 broken: gamma=0.99999", {"gamma": 0.99999}),
+        ("C1 broken: noisy start, sigma=1e-3", {"init_noise": 1e-3}),
+    )
+    benchmark_cases = {"fazil": {}}
 
     def __init__(
         self,

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..diagnostics import cosine
+from ..measures import cosine
 from ..errors import BioPropError
 from ..network import MLP, ForwardPass, _xavier_gain
 from .base import LearningRule, check_int, check_positive

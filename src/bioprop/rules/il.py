@@ -30,6 +30,7 @@ from .predictive_coding import present
 
 class InferenceLearning(LearningRule):
     name = "il"
+    benchmark_cases = {"il (T=20)": {"n_steps": 20}}
 
     def __init__(self, lr=0.01, loss="mse", gamma=0.1, n_steps=20, init_noise=0.0, ce_teacher="moving", seed=0):
         super().__init__(lr, loss)

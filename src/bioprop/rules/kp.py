@@ -32,6 +32,7 @@ from .feedback import FeedbackRule, decay_and_descend, sgd_step
 
 class KolenPollack(FeedbackRule):
     name = "kp"
+    benchmark_cases = {"kp": {}}
 
     def __init__(self, lr=0.01, loss="mse", decay=1e-4, feedback_scale=1.0, seed=0):
         super().__init__(lr, loss, feedback_scale, seed)

@@ -39,6 +39,7 @@ MAGNITUDES = ("unit", "random")
 
 class SignSymmetry(FeedbackRule):
     name = "sign"
+    benchmark_cases = {"sign": {}}
     drawn_name = "magnitudes"
 
     def __init__(self, lr=0.01, loss="mse", magnitude="unit", feedback_scale=1.0, seed=0):

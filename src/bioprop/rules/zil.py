@@ -43,6 +43,12 @@ from .predictive_coding import apply_changes, present
 
 class ZeroDivergenceIL(LearningRule):
     name = "zil"
+    negative_controls = (
+        ("C3 broken: gamma=0.99999", {"gamma": 0.99999}),
+        ("C2 broken: all layers updated at t=1", {"update_at": 1}),
+        ("C1 broken: noisy start, sigma=1e-3", {"init_noise": 1e-3}),
+    )
+    benchmark_cases = {"zil": {}, "zil (full dynamics)": {"dynamics": "full"}}
 
     def __init__(self, lr=0.01, loss="mse", gamma=1.0, update_at="layer", init_noise=0.0, dynamics="auto", seed=0):
         super().__init__(lr, loss)

@@ -1,0 +1,78 @@
+"""The backward sweep over levels that BP-shaped rules share, and per-parameter bookkeeping.
+
+On a forward pass of levels 1..L (z_l, r_l, and each rate function's VJP context),
+
+    delta_L = e,      delta_{l-1} = scale * g'_{l-1}(z_{l-1})^T [ A_l^T delta_l ]       l = L..2,
+
+where A_l^T is level l's input VJP (its forward weight, or a feedback weight in its place: FA,
+KP, sign symmetry) and g'^T the rate function's VJP (its activation's derivative, or a balance
+function in its place: the credit rule). With the weights' own transposes and f' this is BP's
+delta sweep, and Z-IL's error front (scale = gamma). Each level's parameter VJP with its delta,
+parameter_vjp(delta_l, r_{l-1}, u_l), summed over the batch, is the local update of its
+parameters; `pool` adds up what levels that share a parameter (an unrolled RNN) contribute.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .network import ForwardPass, Network
+
+Tensor = torch.Tensor
+
+
+def backward_sweep(
+    forward: ForwardPass,
+    output_error: Tensor,
+    *,
+    feedback: Sequence[Tensor | None] | None = None,
+    derivative: Callable[[Tensor], Tensor] | None = None,
+    scale: float = 1.0,
+    parameters: bool = True,
+) -> tuple[list[Tensor], list[list[Tensor]]]:
+    """(deltas delta_1..delta_L, per-level parameter VJPs) of the sweep in the module docstring.
+
+    feedback[l] replaces level l+1's forward weight in its input VJP (None: the weight itself);
+    derivative replaces the activations' f'; with parameters=False no parameter VJP is taken."""
+    levels = forward.levels
+    n = len(levels)
+    deltas: list[Tensor] = [None] * n  # type: ignore[list-item]
+    changes: list[list[Tensor]] = [[] for _ in range(n)]
+    deltas[-1] = output_error
+    for index in range(n - 1, -1, -1):
+        level = levels[index]
+        below = index - 1
+        weight = None if feedback is None else feedback[index]
+        needs_input = below >= 0
+        if parameters:
+            grad_r, changes[index] = level.backward(
+                deltas[index], forward.rates[index], forward.sides[index], input_needed=needs_input, feedback=weight
+            )
+        elif needs_input:
+            grad_r = level.input_vjp(deltas[index], forward.rates[index], weight)
+        if needs_input:
+            delta = levels[below].rate.vjp(grad_r, forward.contexts[below], derivative)
+            deltas[below] = delta if scale == 1.0 else scale * delta
+    return deltas, changes
+
+
+def pool(net: Network, levels, per_level: Sequence[Sequence[Tensor] | None]) -> list[Tensor | None]:
+    """Per-level parameter changes added up per parameter of `net` (None: untouched)."""
+    totals: list[Tensor | None] = [None] * len(net.parameters_list())
+    for slots, changes in zip(net.parameter_slots(levels), per_level):
+        if changes is None:
+            continue
+        for slot, change in zip(slots, changes):
+            totals[slot] = change if totals[slot] is None else totals[slot] + change
+    return totals
+
+
+def write(net: Network, totals: Sequence[Tensor | None], alpha: float) -> None:
+    """parameter += alpha * total, in place, for every parameter with a change."""
+    for parameter, total in zip(net.parameters_list(), totals):
+        if total is not None:
+            parameter.data.add_(total, alpha=alpha)
+
+
+__all__ = ["backward_sweep", "pool", "write"]
