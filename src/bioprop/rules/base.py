@@ -83,6 +83,15 @@ class LearningRule:
     def _step(self, net: Network, x: Tensor, y: Tensor, trace: bool) -> StepResult:
         raise NotImplementedError
 
+    def prepare(self, net: Network) -> None:
+        """Create now what the rule draws lazily for `net` on its first step (feedback matrices, a
+        downstream pathway); nothing for rules without such state."""
+
+    def plastic_tensors(self) -> list[Tensor]:
+        """The tensors besides the network's parameters that a step writes in place (KP's feedback,
+        the circuit's downstream pathway); data-parallel training combines their changes too."""
+        return []
+
     def options(self) -> dict[str, Any]:
         """The rule's hyper-parameters, as keywords that `make_rule` accepts."""
         return {"lr": self.lr, "loss": self.loss.name}
