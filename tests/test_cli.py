@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -202,9 +203,11 @@ def test_train_help_gives_each_option_its_meaning_and_defaults(capsys):
 
 
 def test_verify_documents_every_flag():
-    parser = cli.build_parser(configure_all=True)
-    verify = parser._subparsers._group_actions[0].choices["verify"]
-    bare = [action.option_strings for action in verify._actions if not action.help]
+    from bioprop import verify
+
+    parser = argparse.ArgumentParser()
+    verify.configure_parser(parser)
+    bare = [action.option_strings for action in parser._actions if not action.help]
     assert not bare, f"verify flags without help: {bare}"
 
 

@@ -22,15 +22,11 @@ COMMANDS = {
 }
 
 
-def build_parser(configure_all: bool = False) -> argparse.ArgumentParser:
-    """The `bioprop` parser; with configure_all, every subcommand's flags are added now (tests
-    use it to check each subcommand's flags) instead of when that subcommand is parsed."""
+def build_parser() -> argparse.ArgumentParser:
+    """The `bioprop` parser; a subcommand's flags are added when that subcommand is parsed."""
     parser = argparse.ArgumentParser(prog="bioprop", description="Biologically plausible learning circuits that compute backpropagation.")
     parser.add_argument("--version", action="version", version=f"bioprop {__version__}")
-    subcommands = add_commands(parser, COMMANDS, dest="command", metavar="COMMAND")
-    if configure_all:
-        for sub in subcommands.values():
-            sub.configure()
+    add_commands(parser, COMMANDS, dest="command", metavar="COMMAND")
     return parser
 
 

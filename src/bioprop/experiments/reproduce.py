@@ -6,6 +6,8 @@ tensors on in `DEVICES` (default: ("cpu",)); asking for another is an error, nev
 CPU run."""
 from __future__ import annotations
 
+import argparse
+
 from ..devices import add_device_flag, resolve_device
 from ..subcommands import add_commands
 
@@ -27,8 +29,10 @@ EXPERIMENTS = {
 
 
 def _add_device(parser, module) -> None:
-    if not any("--device" in action.option_strings for action in parser._actions):
+    try:
         add_device_flag(parser, "cpu, cuda or auto (cuda when available and the experiment runs there)")
+    except argparse.ArgumentError:  # the experiment declares its own --device
+        pass
     parser.set_defaults(_devices=tuple(getattr(module, "DEVICES", ("cpu",))))
 
 
