@@ -1,17 +1,21 @@
 """The `bioprop` command. Each subcommand lives in its own module, which provides
-`configure_parser(parser)` and `run(args) -> int` (the exit status)."""
+`configure_parser(parser)` and `run(args) -> int` (the exit status); a module is imported only
+when its subcommand is chosen (bioprop.subcommands), so `bioprop --version` and `bioprop --help`
+start without torch."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from . import __version__
 from .errors import BioPropError
+from .subcommands import add_commands
 
 #: subcommand -> (module, one-line help)
 COMMANDS = {
     "train": ("bioprop.train", "train and evaluate a rule on a data set"),
     "verify": ("bioprop.verify", "compare a rule's weight updates with autograd BP, layer by layer"),
+    "rules": ("bioprop.rules_listing", "list the learning rules, or show one rule's options and defaults"),
     "fazil-detection": ("bioprop.experiments.fazil_detection", "Fa-Z-IL's detection success rate against t_d (paper Table 3)"),
     "benchmark": ("bioprop.benchmark", "time one training step of each rule, as a ratio to BP"),
     "reproduce": ("bioprop.experiments.reproduce", "rerun a paper's experiment (quick default; --full for the paper's setup)"),
@@ -19,14 +23,10 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `bioprop` parser; a subcommand's flags are added when that subcommand is parsed."""
     parser = argparse.ArgumentParser(prog="bioprop", description="Biologically plausible learning circuits that compute backpropagation.")
-    parser.add_argument("--version", action="version", version=f"bioprop {__import__('bioprop').__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        sub = subparsers.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(module_name)
-        module.configure_parser(sub)
-        sub.set_defaults(_run=module.run)
+    parser.add_argument("--version", action="version", version=f"bioprop {__version__}")
+    add_commands(parser, COMMANDS, dest="command", metavar="COMMAND")
     return parser
 
 

@@ -256,11 +256,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--config", metavar="FILE", default=quiet,
         help="YAML or TOML file of settings (keys: the flag names with underscores); flags given override it",
     )
+    from .rules_listing import flag_help  # each rule's option_help: the meanings are declared once, on the rules
+
     group = parser.add_argument_group(
-        "rule options", "passed to the rule only when given; each is accepted by the rules listed"
+        "rule options", "passed to --rule only when given (a --compare twin keeps its defaults); each flag names the "
+        "rules that take it and their defaults; `bioprop rules NAME` shows one rule's options"
     )
     for option in rule_option_specs().values():
-        help_text = "rules: " + ", ".join(option.rules)
+        help_text = flag_help(option.name, option.rules).replace("%", "%%")
         if option.parse is None:
             group.add_argument(option.flag, dest=option.dest, action=argparse.BooleanOptionalAction, default=quiet, help=help_text)
         else:

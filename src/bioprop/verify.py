@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .devices import DEVICES, HELP as DEVICE_HELP, resolve_device
 from .errors import BioPropError
 from .network import MLP
 from .rules import make_rule
@@ -118,9 +119,10 @@ def compare_updates(
     lr=0.1,
     input_map="identity",
     dtype=torch.float64,
+    device="cpu",
 ) -> Comparison:
     """Train a rule and BP side by side from one initialisation; compare their weight changes."""
-    net = MLP(sizes, activation=activation, bias=bias, input_map=input_map, dtype=dtype, seed=seed)
+    net = MLP(sizes, activation=activation, bias=bias, input_map=input_map, dtype=dtype, device=device, seed=seed)
     oracle_net = net.clone()
     x, y = make_batch(sizes, loss, batch, seed, dtype)
     rule = make_rule(rule_name, lr=lr, loss=loss, **rule_options)
@@ -154,6 +156,7 @@ def verify_rule(
     lr=0.1,
     input_map="identity",
     controls=True,
+    device="cpu",
 ) -> VerifyReport:
     """Compare `rule_name` with BP in float64 and float32; run its negative controls."""
     if rule_name == "bp":
@@ -161,7 +164,8 @@ def verify_rule(
     rule_options = dict(rule_options or {})
     sizes = list(sizes)
     probe = make_rule(rule_name, lr=lr, loss=loss, **rule_options)  # validates the options
-    setup = dict(sizes=sizes, activation=activation, bias=bias, loss=loss, batch=batch, seed=seed, steps=steps, lr=lr, input_map=input_map)
+    setup = dict(sizes=sizes, activation=activation, bias=bias, loss=loss, batch=batch, seed=seed, steps=steps, lr=lr, input_map=input_map,
+                 device=str(device))
     comparisons = [compare_updates(rule_name, rule_options, dtype=dtype, **setup) for dtype in (torch.float64, torch.float32)]
     report = VerifyReport(rule_name, probe.options(), setup, bool(probe.claims_exactness), comparisons)
     if controls and report.claims_exactness and len(sizes) > 2:
@@ -270,18 +274,26 @@ def _parse_value(text: str):
 
 
 def configure_parser(parser) -> None:
-    parser.add_argument("--rule", required=True, help="rule to check (e.g. zil, fazil, il)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[20, 16, 12, 10], help="layer widths, input first")
-    parser.add_argument("--activation", default="sigmoid")
+    parser.add_argument("--rule", required=True, metavar="RULE",
+                        help="rule to hold to autograd BP (e.g. zil, fazil, credit, il; `bioprop rules` lists them)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20, 16, 12, 10], metavar="N",
+                        help="layer widths, input first (default: 20 16 12 10)")
+    parser.add_argument("--activation", default="sigmoid", metavar="F", help="hidden activation f (default: sigmoid)")
     parser.add_argument("--no-bias", dest="bias", action="store_false", help="layers without biases")
-    parser.add_argument("--loss", default="mse", choices=["mse", "ce"])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=1, help="training steps taken by both before comparing")
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--input-map", default="identity", choices=["identity", "activation"])
-    parser.add_argument("--option", action="append", metavar="NAME=VALUE", help="a rule option (repeatable), e.g. --option gamma=0.5")
+    parser.add_argument("--loss", default="mse", choices=["mse", "ce"],
+                        help="mse on Gaussian targets or ce (softmax cross-entropy) on random labels (default: mse)")
+    parser.add_argument("--batch", type=int, default=32, metavar="N", help="pairs in the random batch (default: 32)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="seeds the initial weights and the batch (default: 0)")
+    parser.add_argument("--steps", type=int, default=1, metavar="N",
+                        help="training steps taken by both on the batch before comparing (default: 1)")
+    parser.add_argument("--lr", type=float, default=0.1, metavar="LR", help="learning rate of the rule and of BP (default: 0.1)")
+    parser.add_argument("--input-map", default="identity", choices=["identity", "activation"],
+                        help="input as seen by layer 1: as given, or through f first (Song et al.) (default: identity)")
+    parser.add_argument("--option", action="append", metavar="NAME=VALUE",
+                        help="a rule option (repeatable), e.g. --option gamma=0.5; `bioprop rules RULE` lists them")
     parser.add_argument("--no-controls", dest="controls", action="store_false", help="skip the negative controls")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help=f"where the rule, BP and their networks run: {DEVICE_HELP} (default: cpu)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -301,6 +313,7 @@ def run(args) -> int:
         lr=args.lr,
         input_map=args.input_map,
         controls=args.controls,
+        device=resolve_device(args.device),
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return 0 if report.passed else 1

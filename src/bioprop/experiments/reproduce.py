@@ -1,7 +1,15 @@
-"""`bioprop reproduce NAME`: the papers' experiments, each with a quick default and --full."""
+"""`bioprop reproduce NAME`: the papers' experiments, each with a quick default and --full.
+
+Each experiment's module is imported only when it is chosen. Every experiment takes --device;
+`args.device` reaches its `run` as a torch.device. A module lists the device types it places its
+tensors on in `DEVICES` (default: ("cpu",)); asking for another is an error, never a silent
+CPU run."""
 from __future__ import annotations
 
-import importlib
+import argparse
+
+from ..devices import add_device_flag, resolve_device
+from ..subcommands import add_commands
 
 #: experiment -> (module, one-line help)
 EXPERIMENTS = {
@@ -20,14 +28,19 @@ EXPERIMENTS = {
 }
 
 
+def _add_device(parser, module) -> None:
+    try:
+        add_device_flag(parser, "cpu, cuda or auto (cuda when available and the experiment runs there)")
+    except argparse.ArgumentError:  # the experiment declares its own --device
+        pass
+    parser.set_defaults(_devices=tuple(getattr(module, "DEVICES", ("cpu",))))
+
+
 def configure_parser(parser) -> None:
-    experiments = parser.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
-    for name, (module_name, help_text) in EXPERIMENTS.items():
-        sub = experiments.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(module_name)
-        module.configure_parser(sub)
-        sub.set_defaults(_experiment=module.run)
+    add_commands(parser, EXPERIMENTS, dest="experiment", metavar="EXPERIMENT", run_key="_experiment",
+                 required=True, after=_add_device)
 
 
 def run(args) -> int:
+    args.device = resolve_device(args.device, args._devices)
     return args._experiment(args)

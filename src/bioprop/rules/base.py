@@ -50,6 +50,15 @@ class LearningRule:
     """Base class. Subclasses set `name`, `claims_exactness` and implement `_step`."""
 
     name: str = "rule"
+    #: Where the rule comes from, for `bioprop rules`.
+    paper: ClassVar[str] = ""
+    #: What each keyword of __init__ means, one line each; a subclass lists the options it adds
+    #: or whose meaning it changes (bioprop.rules_listing merges them along the class's MRO).
+    #: `bioprop rules`, `bioprop train --help` and the tests read it.
+    option_help: ClassVar[dict[str, str]] = {
+        "lr": "learning rate: every update is lr times the rule's batch-mean estimate of -dLoss/dparameter",
+        "loss": "loss on the linear output, batch mean: 'mse' (0.5 ||z_L - y||^2 per sample) or 'ce' (softmax cross-entropy)",
+    }
     #: True when the SPEC claims the rule's update equals BP's SGD update exactly.
     claims_exactness: bool = False
     #: Negative controls for `bioprop verify`: (label, options) pairs, each breaking one of the

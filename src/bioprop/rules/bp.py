@@ -14,6 +14,8 @@ from .base import LearningRule, check_batch
 
 class BackpropRule(LearningRule):
     name = "bp"
+    paper = "autograd SGD (the oracle)"
+    option_help: dict[str, str] = {}
     benchmark_cases = {"bp": {}}
     claims_exactness = True
 

@@ -107,6 +107,27 @@ class FourSynapseCircuit(LearningRule):
     """
 
     name = "circuit"
+    paper = "Liao et al. 2024 (our reconstruction, docs/circuit.md)"
+    option_help = {
+        "lr": "eta_W, the learning rate of the upstream weights W (and of W̄_L)",
+        "ratio": "downstream width / upstream width r (m_l = round(r n_l)): one number, or a comma-separated list "
+                 "with one per hidden level ('4,4,2')",
+        "downstream_activation": "g of the downstream neurons: identity (the SPEC's), relu, tanh, sigmoid or leaky_relu",
+        "scale_wbar": "initial scale of W̄, as a factor on the Glorot bound sqrt(6 / (fan_in + fan_out)) of its shape",
+        "scale_v": "initial scale of V, as a factor on the Glorot bound of its shape",
+        "scale_vbar": "initial scale of V̄, as a factor on the Glorot bound of its shape",
+        "eta_wbar": "learning rate of W̄_l for l < L (None: lr)",
+        "eta_v": "learning rate of V",
+        "eta_vbar": "learning rate of V̄",
+        "lam": "weight decay of the Kolen-Pollack pairs (W, W̄)",
+        "kappa": "decay of V and V̄ per step (below 1)",
+        "plastic": "which synapse types learn: 'all' or a comma-separated subset of W,Wbar,V,Vbar",
+        "cross_rule": "the V/V̄ increment: 'delta' (normalised delta rule), 'delta_raw' (without rho), 'hebbian', "
+                      "'anti_hebbian', or a callable (hb, eps, a) -> X",
+        "normalizer": "what rho_l measures: 'error' (<||eps_l||^2>, the SPEC's) or 'downstream' (<||hb_l||^2>, "
+                      "normalised LMS: stable for eta_V̄ < 2 at any downstream width)",
+        "seed": "seeds the draw of the downstream matrices (None: torch's global generator); train passes its --seed",
+    }
     benchmark_cases = {"circuit (r=4)": {}}
 
     def __init__(

@@ -95,6 +95,22 @@ def settling_steps_needed(n_layers: int, output_mode: str = "clamp") -> tuple[in
 
 class CreditRule(LearningRule):
     name = "credit"
+    paper = "Fan & Mysore 2024"
+    option_help = {
+        "output_mode": "how the loss reaches the outputs' credit: 'clamp' (c_out = -dLoss/dx_out, the paper) or "
+                       "'inject' (added to it, Almeida-Pineda: exact at a recurrent fixpoint)",
+        "balance": "balance function g: 'derivative' (sigma', the BP case) or 'gaussian' (a bell of width `width`), "
+                   "or a function",
+        "width": "width of the gaussian balance function",
+        "firing_steps": "timescale cut: firing iterations from rest (None: to the fixpoint; fewer than L break exactness)",
+        "credit_steps": "timescale cut: credit iterations from rest (None: to the fixpoint; fewer than L-1 with clamp "
+                        "or L with inject break exactness)",
+        "tol": "dense dynamics: a process has settled when an iteration changes it by at most tol, relative "
+               "(None: 1024 ulp of the dtype)",
+        "max_steps": "dense dynamics: iterations after which a process that has not settled is reported (a warning) and used as it is",
+        "dynamics": "'layered' (the MLP's block form, BP's cost), 'dense' (the n x n circuit iterated) or 'auto' "
+                    "(layered for an MLP, dense for a RateNetwork)",
+    }
     negative_controls = (
         ("balance gaussian (width 1), not sigma'", {"balance": "gaussian"}),
         ("firing cut one step short (k = L-1)", lambda n_levels: {"firing_steps": n_levels - 1}),

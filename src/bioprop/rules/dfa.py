@@ -29,6 +29,7 @@ from .feedback import FeedbackRule, direct_sweep
 
 class DirectFeedbackAlignment(FeedbackRule):
     name = "dfa"
+    paper = "Nøkland 2016"
     benchmark_cases = {"dfa": {}}
 
     def __init__(self, lr=0.01, loss="mse", feedback_scale=1.0, seed=0):

@@ -25,6 +25,7 @@ from .feedback import FeedbackRule
 
 class FeedbackAlignment(FeedbackRule):
     name = "fa"
+    paper = "Lillicrap et al. 2016"
     benchmark_cases = {"fa": {}}
 
     def __init__(self, lr=0.01, loss="mse", feedback_scale=1.0, seed=0):

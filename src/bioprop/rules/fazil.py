@@ -184,6 +184,19 @@ class DetectionTally:
 
 class FullyAutonomousZIL(LearningRule):
     name = "fazil"
+    paper = "Song et al. 2020, Alg. 2"
+    option_help = {
+        "t_d": "steps an error node must stay constant before a change opens its plasticity gate phi; "
+               "matters in stream() only (a step() assumes a long-still prediction phase)",
+        "n_steps": "learning-phase inference steps per step() (None: L, the time the feedback front needs to reach layer 1)",
+        "gamma": "inference step size; 1 is condition C3 (exact)",
+        "change_tol": "relative resolution within which an error node counts as unchanged (None: 1024 ulp of the dtype)",
+        "init_noise": "std of Gaussian noise on the hidden value nodes at t = 0; 0 is condition C1 (exact)",
+        "batch_plasticity": "'pooled' (each copy's gated changes summed and written when the presentation ends, as "
+                            "mini-batch SGD), 'immediate' (written the moment phi fires: Algorithm 2 literally) or "
+                            "'auto' (pooled for batches of more than one pair)",
+        "seed": "seeds the init_noise draws",
+    }
     claims_exactness = True
     negative_controls = (
         ("C3 broken: gamma=0.99999", {"gamma": 0.99999}),

@@ -110,6 +110,10 @@ class FeedbackRule(LearningRule):
 
     #: the name of the drawn matrices in state_dict ("feedback", or "magnitudes" for sign)
     drawn_name = "feedback"
+    option_help = {
+        "feedback_scale": "factor on the feedback matrices' initial draw (uniform, with the forward weights' xavier bound)",
+        "seed": "seeds the draw of the feedback matrices (None: torch's global generator); train passes its --seed",
+    }
 
     def __init__(self, lr=0.01, loss="mse", feedback_scale=1.0, seed=0):
         super().__init__(lr, loss)

@@ -30,6 +30,15 @@ from .predictive_coding import present
 
 class InferenceLearning(LearningRule):
     name = "il"
+    paper = "Whittington & Bogacz 2017; Song et al. 2020, Alg. 1"
+    option_help = {
+        "gamma": "inference step size of the value nodes (small, e.g. 0.1, for IL to settle near BP)",
+        "n_steps": "T: inference steps before the one weight update at t_c = T",
+        "init_noise": "std of Gaussian noise on the hidden value nodes at t = 0 (0: start at the prediction fixpoint)",
+        "ce_teacher": "with loss ce: 'moving' (eps_L = y - softmax(mu_L) follows the prediction) or 'fixed' "
+                      "(eps_L held at its feed-forward value, the SPEC's letter)",
+        "seed": "seeds the init_noise draws",
+    }
     benchmark_cases = {"il (T=20)": {"n_steps": 20}}
 
     def __init__(self, lr=0.01, loss="mse", gamma=0.1, n_steps=20, init_noise=0.0, ce_teacher="moving", seed=0):

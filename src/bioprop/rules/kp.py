@@ -32,6 +32,11 @@ from .feedback import FeedbackRule, decay_and_descend, sgd_step
 
 class KolenPollack(FeedbackRule):
     name = "kp"
+    paper = "Kolen & Pollack 1994; Akrout et al. 2019"
+    option_help = {
+        "decay": "decay of W and of its feedback B per step, times lr: B - W^T shrinks by (1 - lr decay) each step "
+                 "(also weight decay on W)",
+    }
     benchmark_cases = {"kp": {}}
 
     def __init__(self, lr=0.01, loss="mse", decay=1e-4, feedback_scale=1.0, seed=0):

@@ -39,6 +39,13 @@ MAGNITUDES = ("unit", "random")
 
 class SignSymmetry(FeedbackRule):
     name = "sign"
+    paper = "Liao, Leibo & Poggio 2016; Xiao et al. 2018"
+    option_help = {
+        "magnitude": "'unit' (feedback sign(W)^T times one scale per layer, fa's RMS) or 'random' "
+                     "(sign(W)^T times fixed random magnitudes drawn like fa's feedback)",
+        "feedback_scale": "factor on the feedback magnitudes (either kind)",
+        "seed": "seeds the draw of the random magnitudes (magnitude 'random'); train passes its --seed",
+    }
     benchmark_cases = {"sign": {}}
     drawn_name = "magnitudes"
 

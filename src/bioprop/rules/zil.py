@@ -43,6 +43,16 @@ from .predictive_coding import apply_changes, present
 
 class ZeroDivergenceIL(LearningRule):
     name = "zil"
+    paper = "Song et al. 2020"
+    option_help = {
+        "gamma": "inference step size; 1 is condition C3 (exact), other values scale the layer at distance k by gamma^k",
+        "update_at": "'layer' (condition C2: the weights at distance k from the output update at step t = k) or an "
+                     "integer t: every layer updates at step t (breaks C2)",
+        "init_noise": "std of Gaussian noise on the hidden value nodes at t = 0; 0 is condition C1 (start at the feed-forward pass)",
+        "dynamics": "'front' (only the layer the feedback front reaches works: BP's cost; needs C1 and C2), 'full' "
+                    "(every node every step) or 'auto' (front when C1 and C2 hold and no trace is asked for)",
+        "seed": "seeds the init_noise draws",
+    }
     negative_controls = (
         ("C3 broken: gamma=0.99999", {"gamma": 0.99999}),
         ("C2 broken: all layers updated at t=1", {"update_at": 1}),
