@@ -48,7 +48,7 @@ same factor, so the pair keeps receiving matched increments and W̄ -> Wᵀ is u
 are already normalised by rho. Why (docs/circuit.md, stability): at the trainer's defaults
 lambda_max(c H_l) stays near 1 -- H is not what grows --, but single small or high-loss batches
 give steps several times the typical one, which with the circuit's noisier update throw the
-network off (test accuracy 0.969 -> 0.893 in one step); the bound clips those steps only.
+network off (test accuracy 0.967 -> 0.893 in one step); the bound scales down those steps only.
 
 Notation map: the paper's W, W̄, V, V̄ keep their names; the paper's downstream activities h̄ are
 our hb_l; levels are indexed forward like every bioprop network (SPEC.md conventions).
