@@ -62,6 +62,13 @@ def reference_updates(net, rule, x, y):
             X[l - 1] += torch.outer(hb[l - 1], eps[l - 1] - a[l - 1]) / batch
             power = eps[l - 1] if rule.normalizer == "error" else hb[l - 1]
             rho[l - 1] += float(power @ power) / batch
+    # the step bound (module docstring): s_l = min(1, tau m_l / ||G_l||) from the running means
+    # before this step, on W_l, b_l and W_l's Kolen-Pollack partner (W̄_l, or W̄_L at the top)
+    if rule.step_bound > 0 and rule.step_sizes is not None:
+        factors = [min(1.0, rule.step_bound * float(m) / float(d.norm())) for m, d in zip(rule.step_sizes, dW)]
+        dW = [s * d for s, d in zip(factors, dW)]
+        db = [s * d for s, d in zip(factors, db)]
+        dWbar = [s * d for s, d in zip(factors[1:], dWbar)]
     eta_w, lam = rule.lr, rule.lam
     new_W = [w - eta_w * (d + lam * w) for w, d in zip(W, dW)]
     new_b = [v - eta_w * d for v, d in zip(b, db)]
@@ -265,3 +272,119 @@ def test_wrong_ratio_count_and_other_net_are_refused():
     rule.step(bioprop.MLP([5, 4, 2], activation="relu"), torch.zeros(1, 5), torch.zeros(1, 2))
     with pytest.raises(BioPropError, match="sizes"):
         rule.step(bioprop.MLP([5, 6, 2], activation="relu"), torch.zeros(1, 5), torch.zeros(1, 2))
+
+
+def bounded_closed_form(rule, raw):
+    """The step bound's factors and next running means, from the rule's state before the step
+    and the unbounded updates G_l of the same step (module docstring)."""
+    tau, beta = rule.step_bound, rule.step_memory
+    sizes = [float(g.norm()) for g in raw]
+    factors = [min(1.0, tau * float(m) / size) for m, size in zip(rule.step_sizes, sizes)]
+    means = [beta * float(m) + (1 - beta) * size for m, size in zip(rule.step_sizes, sizes)]
+    return factors, means
+
+
+def test_step_bound_equals_closed_form():
+    # oracle: the same step with the bound off (whose maths test_step_equals_closed_form checks)
+    # times s_l = min(1, tau m_l / ||G_l||); running means m_l chosen so that the bound is
+    # active on levels 1 and 3 and not on 2 and 4
+    net = bioprop.MLP(SIZES, activation="relu", dtype=torch.float64, seed=1)
+    rule = bioprop.make_rule("circuit", lr=0.05, loss="ce", ratio=2, step_bound=1.5, step_memory=0.9, seed=3)
+    x, y = batch(SIZES, "ce")
+    first = rule.step(net, x, y)["gradient_estimates"]  # the first step is unbounded and starts m_l
+    assert [float(m) for m in rule.step_sizes] == [float(g.norm()) for g in first]
+    unbounded = copy.deepcopy(rule)
+    unbounded.step_bound = 0.0
+    raw = copy.deepcopy(unbounded).step(net.clone(), x, y)["gradient_estimates"]
+    rule.step_sizes = [torch.tensor(k * float(g.norm()), dtype=torch.float64) for k, g in zip((0.2, 10.0, 0.5, 10.0), raw)]
+    factors, means = bounded_closed_form(rule, raw)
+    assert factors[0] == pytest.approx(0.3) and factors[2] == pytest.approx(0.75) and factors[1] == factors[3] == 1.0
+    expected = reference_updates(net, rule, x, y)
+    free_net = net.clone()
+    info = rule.step(net, x, y)
+    for s, got, want in zip(factors, info["gradient_estimates"], raw):
+        assert relative_difference(got, s * want) <= 1e-12
+    assert [float(m) for m in rule.step_sizes] == pytest.approx(means, rel=1e-12)
+    got = (net.weights, net.biases, rule.feedback)
+    for name, want_list, got_list in zip(("W", "b", "Wbar"), expected, got):
+        for want, have in zip(want_list, got_list):
+            assert relative_difference(have, want) <= 1e-12, name
+    # negative control: without the bound the same step misses the closed form on the bounded levels
+    start = [w.detach().clone() for w in free_net.weights]
+    unbounded.step(free_net, x, y)
+    changes = [w.detach() - w0 for w, w0 in zip(free_net.weights, start)]
+    expected_changes = [w - w0 for w, w0 in zip(expected[0], start)]
+    assert relative_difference(changes[0], expected_changes[0]) > 0.1
+    assert relative_difference(changes[2], expected_changes[2]) > 0.1
+    assert relative_difference(changes[1], expected_changes[1]) <= 1e-10
+
+
+def test_step_bound_keeps_theorem1_form_up_to_a_positive_scalar():
+    # oracle: autograd. In the assembled circuit the bounded update is s_l c H_l dLoss/dW_l
+    net = bioprop.MLP(SIZES, activation="relu", dtype=torch.float64, seed=2)
+    rule = assembled_circuit(net)
+    x, y = batch(SIZES, "mse", n=16, seed=4)
+    raw = copy.deepcopy(rule).step(net.clone(), x, y)["gradient_estimates"]
+    rule.step_sizes = [0.1 * g.norm() for g in raw]  # every level bounded: s_l = 2 * 0.1 = 0.2
+    gradients, _ = bp_gradients(net, rule.loss, x, y)
+    info = copy.deepcopy(rule).step(net.clone(), x, y)
+    for estimate, h, gradient in zip(info["gradient_estimates"], rule.preconditioners(), gradients):
+        assert relative_difference(estimate, 0.2 * 2.0 * h @ gradient) <= 1e-10
+    assert relative_difference(info["gradient_estimates"][-1], 0.2 * gradients[-1]) <= 1e-10  # top: scaled SGD
+
+
+def test_step_bound_keeps_kolen_pollack_pairs_matched():
+    # W_L and W̄_L get the same (transposed) increments and decay, bounded or not, so their
+    # difference only decays: W_L - W̄_Lᵀ after the step is (1 - lr lam) times what it was
+    net = bioprop.MLP(SIZES, activation="relu", dtype=torch.float64, seed=0)
+    rule = bioprop.make_rule("circuit", loss="ce", seed=0)
+    x, y = batch(SIZES, "ce")
+    rule.step(net, x, y)
+    rule.step_sizes = [0.05 * m for m in rule.step_sizes]
+    gap = net.weights[-1].detach() - rule.feedback[-1].T
+    rule.step(net, x, y)
+    assert relative_difference(net.weights[-1].detach() - rule.feedback[-1].T, (1 - rule.lr * rule.lam) * gap) <= 1e-10
+
+
+def test_step_bound_stops_an_outlier_batch_throwing_the_net_off():
+    # The instability of issue "circuit spikes at the trainer's defaults": after training on
+    # batches of 16 at lr 0.1, one step on a small high-loss batch (as the trainer's last,
+    # partial batch of an epoch can be) is several times a typical step and throws the held-out
+    # loss up. With the default bound that step is at most tau times the running mean of its
+    # level's sizes and the held-out loss barely moves; bound off (step_bound=0, the old
+    # behaviour) is the negative control and must show the jump.
+    from bioprop.data import load_dataset
+
+    data = load_dataset("digits")
+    x_all, y_all = data.train_x, data.train_y
+    held_x, held_y = data.test_x, torch.nn.functional.one_hot(data.test_y, 10).float()
+    outlier = torch.arange(800, 803)
+    jumps, ratios = {}, {}
+    for setting, options in (("unbounded", {"step_bound": 0.0}), ("default", {})):
+        net = bioprop.MLP([64, 32, 32, 10], activation="relu", seed=0)
+        rule = bioprop.make_rule("circuit", lr=0.1, loss="ce", seed=0, **options)
+        generator = torch.Generator().manual_seed(0)
+        sizes = []
+        for _ in range(2):  # 2 epochs of 800 images, 100 steps
+            for index in torch.randperm(800, generator=generator).split(16):
+                raw = rule.step(net, x_all[index], y_all[index])["gradient_estimates"]
+                sizes.append(torch.stack([g.norm() for g in raw]))
+        typical = torch.stack(sizes[-50:]).mean(dim=0)
+        means = None if rule.step_sizes is None else torch.stack(rule.step_sizes)
+        with torch.no_grad():
+            before = float(rule.loss(net(held_x), held_y))
+            info = rule.step(net, x_all[outlier], (y_all[outlier] + 5) % 10)  # wrong labels: a high loss
+            jumps[setting] = float(rule.loss(net(held_x), held_y)) - before
+        step = torch.stack([g.norm() for g in info["gradient_estimates"]])
+        ratios[setting] = (step / typical).tolist()
+        if setting == "default":
+            assert bool((step <= rule.step_bound * means * (1 + 1e-6)).all())
+    assert min(ratios["unbounded"]) > 2.5  # unbounded: the outlier's step is over 2.5 typical steps (tau = 2) in every level
+    assert jumps["unbounded"] > 0.4 and jumps["default"] < 0.25 * jumps["unbounded"], jumps
+
+
+@pytest.mark.parametrize("options", [{"step_bound": -1}, {"step_memory": 1.0}, {"step_memory": "x"}])
+def test_bad_step_bound_options_are_named(options):
+    name = next(iter(options))
+    with pytest.raises(BioPropError, match=name):
+        bioprop.make_rule("circuit", **options)

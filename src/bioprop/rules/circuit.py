@@ -33,6 +33,23 @@ BP's delta d_l and a_l -> c H_l d_l with H_l = V̄_l V̄_lᵀ. Then the W_l upda
 form, SGD preconditioned by the positive definite matrix c H_l: <a_l h_{l-1}ᵀ> -> c H_l dLoss/dW_l.
 `bioprop.diagnostics` measures how far each of these limits has been reached.
 
+Step bound (`step_bound` tau > 0, the default; 0 switches it off). Each level's step is held
+within tau times its recent typical size, a trust region against single outlier batches:
+
+    G_l   = <a_l h_{l-1}ᵀ> (l < L),  G_L = <e h_{L-1}ᵀ>       the update before the bound
+    s_l   = min(1, tau m_l / ||G_l||_F)                        (s_l = 1 on the first step)
+    m_l  <- beta m_l + (1 - beta) ||G_l||_F                    running mean of the raw size, beta = step_memory
+    W_l  -= eta_W (s_l <a_l h_{l-1}ᵀ> + lam W_l),  b_l -= eta_W s_l <a_l>,  and W̄_l's Hebbian term times s_l
+
+s_l is one positive scalar per level and step (m_l uses the sizes before this step's), so the
+update of W_l is still Theorem 1's form, now s_l c H_l dLoss/dW_l: H-preconditioned SGD up to a
+positive scalar. The Kolen-Pollack partner of W_l (W̄_L for the top level, W̄_l below) takes the
+same factor, so the pair keeps receiving matched increments and W̄ -> Wᵀ is untouched; V and V̄
+are already normalised by rho. Why (docs/circuit.md, stability): at the trainer's defaults
+lambda_max(c H_l) stays near 1 -- H is not what grows --, but single small or high-loss batches
+give steps several times the typical one, which with the circuit's noisier update throw the
+network off (test accuracy 0.967 -> 0.893 in one step); the bound scales down those steps only.
+
 Notation map: the paper's W, W̄, V, V̄ keep their names; the paper's downstream activities h̄ are
 our hb_l; levels are indexed forward like every bioprop network (SPEC.md conventions).
 Options beyond the SPEC's default (the V/V̄ rule, which synapse types are plastic, g, the
@@ -98,6 +115,9 @@ class FourSynapseCircuit(LearningRule):
         (<||hb_l||^2>, the normalised LMS of adaptive filtering: the delta rule is then stable
         for eta_V̄ < 2 whatever the downstream width and scale of V, where "error" lets
         eta ||hb||^2 / ||eps||^2 grow with the width r and diverge).
+    step_bound: tau, each level's step is at most tau times the running mean m_l of its size
+        ||G_l||_F (module docstring); 0 switches the bound off (the update before this option).
+    step_memory: beta, the running mean's factor per step (0.99: about 100 steps).
     seed: seeds the draw of the downstream matrices (None: torch's global generator); the
         trainer passes its --seed.
 
@@ -147,6 +167,8 @@ class FourSynapseCircuit(LearningRule):
         plastic: str = "all",
         cross_rule: str | Callable = "delta",
         normalizer: str = "error",
+        step_bound: float = 2.0,
+        step_memory: float = 0.99,
         seed: int | None = 0,
     ):
         super().__init__(lr, loss)
@@ -178,6 +200,10 @@ class FourSynapseCircuit(LearningRule):
         if normalizer not in ("error", "downstream"):
             raise BioPropError(f"normalizer={normalizer!r}: choose 'error' (rho = <||eps||^2>, the SPEC) or 'downstream' (rho = <||hb||^2>)")
         self.normalizer = normalizer
+        self.step_bound = check_positive("step_bound", step_bound, allow_zero=True)
+        self.step_memory = check_positive("step_memory", step_memory, allow_zero=True)
+        if self.step_memory >= 1:
+            raise BioPropError(f"step_memory={step_memory!r}: the running mean's factor must be < 1 (typically 0.99)")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise BioPropError(f"seed={seed!r}: give an integer or None")
         self.seed = seed
@@ -186,6 +212,7 @@ class FourSynapseCircuit(LearningRule):
         self.to_downstream: list[Tensor] = []  # V_1 .. V_{L-1} (index l-1)
         self.to_teaching: list[Tensor] = []  # V̄_1 .. V̄_{L-1} (index l-1)
         self.sizes: list[int] | None = None
+        self.step_sizes: list[Tensor] | None = None  # m_1 .. m_L of the step bound, after the first step
 
     # -- the downstream pathway ------------------------------------------------------------------
     @property
@@ -221,6 +248,7 @@ class FourSynapseCircuit(LearningRule):
         for key in order:
             setattr(self, key, [next(drawn).to(dtype=net.dtype, device=net.device) for _ in shapes[key]])
         self.sizes = sizes
+        self.step_sizes = None  # a new pathway starts the step bound's running means afresh
 
     def _ensure_initialized(self, net: MLP) -> None:
         if self.sizes is None:
@@ -237,6 +265,8 @@ class FourSynapseCircuit(LearningRule):
         self.feedback = [m.to(dtype=dtype, device=device) for m in self.feedback]
         self.to_downstream = [m.to(dtype=dtype, device=device) for m in self.to_downstream]
         self.to_teaching = [m.to(dtype=dtype, device=device) for m in self.to_teaching]
+        if self.step_sizes is not None:
+            self.step_sizes = [m.to(dtype=dtype, device=device) for m in self.step_sizes]
 
     def preconditioners(self) -> list[Tensor]:
         """H_l = V̄_l V̄_lᵀ for l = 1..L-1 (Theorem 1's matrix learning rate, up to c)."""
@@ -294,6 +324,11 @@ class FourSynapseCircuit(LearningRule):
         if L > 1 and "Wbar" in self.plastic:
             hebbian_fb = [(rates[l - 1].T @ downstream[l - 1]) / batch for l in range(2, L)]
             hebbian_fb.append((rates[L - 1].T @ error) / batch)
+        if self.step_bound > 0 and "W" in self.plastic:
+            factors = self.bound_steps(estimates)
+            estimates = [s * estimate for s, estimate in zip(factors, estimates)]
+            signals = [s * signal for s, signal in zip(factors, signals)]
+            hebbian_fb = [s * hebbian for s, hebbian in zip(factors[1:], hebbian_fb)]  # W̄_l pairs with W_l
         cross = []
         if "V" in self.plastic or "Vbar" in self.plastic:
             for l in range(1, L):
@@ -332,6 +367,21 @@ class FourSynapseCircuit(LearningRule):
             info["trace"] = []
         return info
 
+    def bound_steps(self, estimates: list[Tensor]) -> list[Tensor]:
+        """The step bound's factors s_l = min(1, tau m_l / ||G_l||) (0-d tensors, no host sync),
+        and the running means m_l moved on to include this step's raw sizes."""
+        sizes = [estimate.norm() for estimate in estimates]
+        if self.step_sizes is None or len(self.step_sizes) != len(sizes):
+            self.step_sizes = [size.clone() for size in sizes]
+            return [torch.ones_like(size) for size in sizes]
+        factors = [
+            torch.where(size > self.step_bound * mean, self.step_bound * mean / size, torch.ones_like(size))
+            for size, mean in zip(sizes, self.step_sizes)
+        ]
+        beta = self.step_memory
+        self.step_sizes = [beta * mean + (1 - beta) * size for mean, size in zip(self.step_sizes, sizes)]
+        return factors
+
     # -- bookkeeping ------------------------------------------------------------------------------
     def options(self) -> dict[str, Any]:
         return {
@@ -349,6 +399,8 @@ class FourSynapseCircuit(LearningRule):
             "plastic": ",".join(t for t in SYNAPSE_TYPES if t in self.plastic),
             "cross_rule": self.cross_rule if isinstance(self.cross_rule, str) else getattr(self.cross_rule, "__name__", "callable"),
             "normalizer": self.normalizer,
+            "step_bound": self.step_bound,
+            "step_memory": self.step_memory,
             "seed": self.seed,
         }
 
@@ -358,6 +410,7 @@ class FourSynapseCircuit(LearningRule):
             "feedback": [m.clone() for m in self.feedback],
             "to_downstream": [m.clone() for m in self.to_downstream],
             "to_teaching": [m.clone() for m in self.to_teaching],
+            "step_sizes": None if self.step_sizes is None else [m.clone() for m in self.step_sizes],
         }
 
     def pathway_shapes(self, sizes: Sequence[int]) -> dict[str, list[tuple[int, int]]]:
@@ -378,8 +431,11 @@ class FourSynapseCircuit(LearningRule):
         keys = ("feedback", "to_downstream", "to_teaching")
         if not isinstance(state, dict) or "sizes" not in state or any(key not in state for key in keys):
             raise BioPropError(f"state: a circuit state needs 'sizes', {', '.join(map(repr, keys))}; give what rule.state_dict() returned")
+        saved_steps = state.get("step_sizes")  # absent in states saved before the step bound
+        step_sizes = None if saved_steps is None else [torch.as_tensor(m).detach().clone() for m in saved_steps]
         if state["sizes"] is None:
             self.sizes, self.feedback, self.to_downstream, self.to_teaching = None, [], [], []
+            self.step_sizes = step_sizes
             return
         sizes = [int(n) for n in state["sizes"]]
         matrices = {key: [torch.as_tensor(m).detach().clone() for m in state[key]] for key in keys}
@@ -392,6 +448,7 @@ class FourSynapseCircuit(LearningRule):
                 )
         self.sizes = sizes
         self.feedback, self.to_downstream, self.to_teaching = (matrices[key] for key in keys)
+        self.step_sizes = step_sizes
 
 
 def _parse_ratios(ratio: float | str | Sequence[float]) -> list[float]:
