@@ -296,3 +296,35 @@ def test_interrupt_before_the_first_checkpoint_resumes_from_epoch_0(tmp_path, ca
     assert cli.main([*args, "--out", str(tmp_path / "whole")]) == 0
     assert _metrics(out) == _metrics(tmp_path / "whole")
     assert (out / "summary.json").is_file()
+
+
+# -- docs/models.md: every code block runs as written ----------------------------------------------
+def _code_blocks(language: str) -> list[str]:
+    text = (REPO / "docs" / "models.md").read_text()
+    return [block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith(language + "\n")]
+
+
+def test_models_doc_python_blocks_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    blocks = _code_blocks("python")
+    assert len(blocks) == 3
+    for block in blocks:
+        exec(compile(block, "docs/models.md", "exec"), {})
+    assert (tmp_path / "lenet5-digits.pt").is_file()
+    # the factory shown is the example file's
+    assert blocks[2].strip() in (REPO / "examples" / "my_model.py").read_text()
+
+
+def test_models_doc_commands_run(tmp_path, monkeypatch):
+    import shlex
+    import shutil
+
+    shutil.copytree(REPO / "examples", tmp_path / "examples")
+    monkeypatch.chdir(tmp_path)
+    commands = [line for line in _code_blocks("bash")[0].splitlines() if line.strip()]
+    assert len(commands) == 3
+    for command in commands:
+        words = shlex.split(command)
+        assert words[:2] == ["bioprop", "train"]
+        assert cli.main([*words[1:], "--quiet"]) == 0, command
+        assert (tmp_path / words[words.index("--out") + 1] / "summary.json").is_file()

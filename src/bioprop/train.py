@@ -1,14 +1,27 @@
 """`bioprop train`: train one rule on a data set, optionally beside a twin trained by another.
 
+The network is `--model` (bioprop.models.build_model: mlp, the default, sized by --hidden;
+lenet5; cnn-small; rnn, whose width is --hidden N; or a factory path/to/file.py:function
+returning an nn.Sequential), sized by the data set's image shape (C, H, W). The trainer hands
+each network its layout of the same samples: flattened vectors to an MLP, (B, C, H, W) images
+to a conv net, (B, H, C*W) image rows to the RNN (bioprop.models.shape_batch). The epochs
+themselves are bioprop.training's loop, the one the experiments train with.
+
 One run is one folder:
 
     config.yaml     the fully resolved configuration (reusable with --config) and, under
-                    `resolved`, what it expanded to: layer sizes, every rule option, data set
+                    `resolved`, what it expanded to: the model, its description and parameter
+                    count, its input layout, layer sizes (MLP), every rule option, data set
                     size and source, versions of bioprop, torch, numpy and Python
     metrics.jsonl   one JSON object per epoch: epoch, train_loss, train_acc, test_loss, test_acc,
                     seconds (and compare_* / max_abs_diff / max_rel_diff with --compare)
-    checkpoint.pt   written every epoch: network, rule state, shuffling generator, metrics so far,
-                    config (and the twin's network and rule with --compare)
+    metrics.csv     the same table as CSV (a header, one row per epoch; empty: not evaluated)
+    checkpoint.pt   written every epoch: per learner the network's state_dict and the rule's
+                    state_dict (a rule keeps its feedback matrices and noise generators there),
+                    the shuffling generator, metrics so far, config (and the twin with --compare)
+    curves.png      loss and accuracy against epoch, train and test, and the twin's beside
+                    them with --compare; written when the run stops (finished, diverged or
+                    interrupted)
     summary.json    written at the end: final and best metrics, times, final twin differences
     diagnostics.jsonl  with --diagnostics-every N: every N training steps, one JSON object per
                     weight layer with bioprop.diagnostics.measure's figures on that step's batch
@@ -17,11 +30,22 @@ One run is one folder:
 
 Every file is written to a temporary file in the run folder and moved into place with
 os.replace, so a crash never leaves a half-written file; the folder itself is only created
-once the configuration, the data and the rules have all been checked.
+once the configuration, the data, the network and the rules have all been checked (a rule not
+yet ported to a non-MLP network is refused then, by name, after one trial step on a copy).
 
-Reproducibility: the network is drawn from `seed` (``MLP(sizes, seed=seed)`` rebuilds it), the
-batch order from a torch.Generator seeded from `seed` that is shuffled with randperm each epoch
-and checkpointed, and rules that take a `seed` option get `seed` unless --rule-seed is given.
+Stopping early. A run whose training loss, test loss or weights become non-finite stops at
+that epoch with TrainingDiverged (a BioPropError: the CLI prints the message and exits with
+status 2): the message names the epoch and the fix (a smaller --lr); the folder keeps the last
+good epoch's checkpoint and the good epochs' metrics (the diverged epoch is written nowhere).
+Ctrl-C (exit status 130) leaves the last checkpoint, and says how to continue:
+`bioprop train --resume DIR`; a run interrupted before its first epoch ended (only config.yaml
+in the folder) resumes from epoch 0 with the settings stored there.
+
+Reproducibility: the network is drawn from `seed` (``MLP(sizes, seed=seed)`` rebuilds it; conv
+nets and factories are built under a torch RNG seeded with it), the batch order from a
+torch.Generator seeded from `seed` that is shuffled with randperm each epoch and checkpointed
+(bioprop.training's convention: every command that trains draws the same batches for a seed),
+and rules that take a `seed` option get `seed` unless --rule-seed is given.
 A seeded CPU run is bit-for-bit reproducible and --resume continues one bit-for-bit; on an
 accelerator training runs under torch.use_deterministic_algorithms(True) (restored afterwards).
 
@@ -895,6 +919,7 @@ def _summary_line(summary: dict[str, Any]) -> str:
 
 __all__ = [
     "TrainConfig",
+    "TrainingDiverged",
     "configure_parser",
     "evaluate",
     "load_config_file",
