@@ -485,7 +485,7 @@ def _check_model(c: TrainConfig) -> None:
         raise BioPropError(f"--hidden {' '.join(map(str, c.hidden))}: --model {c.model} has its own layer widths; "
                            f"--hidden sizes only --model mlp and rnn")
     if c.model != "mlp" and c.diagnostics_every:
-        raise BioPropError(f"--diagnostics-every: measured on MLPs only for now; drop it or use --model mlp")
+        raise BioPropError("--diagnostics-every: measured on MLPs only for now; drop it or use --model mlp")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -746,6 +746,7 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
                 if config.diagnostics_every:
                     _write_metrics(out / "diagnostics.jsonl", diagnostics)
     except KeyboardInterrupt:
+        _write_curves(out / "curves.png", records[:saved], config)
         kept = f"epochs 1-{saved} are saved" if saved else "no epoch has finished yet"
         print(f"bioprop train: interrupted during epoch {saved + 1}; {kept} in {out}; continue the run with: "
               f"bioprop train --resume {out}", file=sys.stderr, flush=True)
