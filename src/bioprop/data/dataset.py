@@ -1,4 +1,5 @@
-"""The in-memory form every loader returns: flattened float32 inputs in [0, 1] and int64 labels."""
+"""The in-memory form every loader returns: flattened float32 inputs in [0, 1], int64 labels, and
+the image shape (C, H, W) that the flattened rows unfold into (`x.reshape(N, C, H, W)`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ class Dataset:
     train_x, test_x: float32 (N, n_features), one flattened sample per row, values in [0, 1].
     train_y, test_y: int64 (N,), class indices in [0, n_classes).
     source: where the samples came from (a folder, an archive, or "scikit-learn").
+    image_shape: (channels, height, width) of one sample, in the order of the flattened row:
+        row.reshape(C, H, W) is the image (channel-first, then row-major). None for data that
+        are not images (then only flat models such as an MLP can read them).
     """
 
     name: str
@@ -25,6 +29,7 @@ class Dataset:
     test_y: torch.Tensor
     n_classes: int
     source: str
+    image_shape: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         # Cheap shape and dtype checks only: every consumer (trainer, rules) relies on them, and a
@@ -46,10 +51,20 @@ class Dataset:
                 f"data set {self.name!r}: train samples have {self.train_x.shape[1]} features "
                 f"but test samples have {self.test_x.shape[1]}"
             )
+        if self.image_shape is not None:
+            shape = tuple(int(n) for n in self.image_shape)
+            if len(shape) != 3 or min(shape) < 1 or shape[0] * shape[1] * shape[2] != self.train_x.shape[1]:
+                raise BioPropError(
+                    f"data set {self.name!r}: image_shape {self.image_shape} must be (C, H, W) with C*H*W = "
+                    f"{self.train_x.shape[1]} features"
+                )
+            object.__setattr__(self, "image_shape", shape)
 
     @classmethod
-    def from_pixels(cls, name: str, train: tuple, test: tuple, n_classes: int, source: str) -> "Dataset":
-        """From uint8 images and integer labels as read from the files: (images, labels) per split."""
+    def from_pixels(cls, name: str, train: tuple, test: tuple, n_classes: int, source: str,
+                    image_shape: tuple[int, int, int] | None = None) -> "Dataset":
+        """From uint8 images and integer labels as read from the files: (images, labels) per split.
+        `image_shape` (C, H, W): the layout of each image's flattened pixels (see the class)."""
         return cls(
             name=name,
             train_x=pixels_to_unit_float(train[0]),
@@ -58,6 +73,7 @@ class Dataset:
             test_y=labels_to_tensor(test[1]),
             n_classes=n_classes,
             source=source,
+            image_shape=image_shape,
         )
 
     @property
@@ -67,7 +83,7 @@ class Dataset:
     def __repr__(self) -> str:
         return (
             f"Dataset(name={self.name!r}, train={self.train_x.shape[0]}, test={self.test_x.shape[0]}, "
-            f"n_features={self.n_features}, n_classes={self.n_classes}, source={self.source!r})"
+            f"n_features={self.n_features}, image_shape={self.image_shape}, n_classes={self.n_classes}, source={self.source!r})"
         )
 
 

@@ -34,4 +34,5 @@ def load_digits(data_dir=None, download: bool = False, cache_dir=None) -> Datase
         test_y=labels_to_tensor(test_y),
         n_classes=10,
         source="scikit-learn (sklearn.datasets.load_digits, bundled with the package)",
+        image_shape=(1, 8, 8),  # load_digits' 64 columns are the 8x8 image, row-major
     )

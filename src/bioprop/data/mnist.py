@@ -124,7 +124,8 @@ def load_idx_dataset(
             f"data set {name!r} in {folder}: train images are {train_x.shape[1:]} but test images are "
             f"{test_x.shape[1:]}; the files come from different data sets"
         )
-    return Dataset.from_pixels(name, (train_x, train_y), (test_x, test_y), N_CLASSES, str(folder))
+    return Dataset.from_pixels(name, (train_x, train_y), (test_x, test_y), N_CLASSES, str(folder),
+                              image_shape=(1, 28, 28))
 
 
 def _read_split(paths: dict[str, Path], images_name: str, labels_name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -54,7 +54,8 @@ def load_svhn(
     )
     train_x, train_y = read_svhn_mat(paths[SPLIT_FILES["train"]])
     test_x, test_y = read_svhn_mat(paths[SPLIT_FILES["test"]])
-    return Dataset.from_pixels(NAME, (train_x, train_y), (test_x, test_y), N_CLASSES, str(folder))
+    return Dataset.from_pixels(NAME, (train_x, train_y), (test_x, test_y), N_CLASSES, str(folder),
+                              image_shape=(3, 32, 32))  # reordered to channel, row, column below
 
 
 def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -40,7 +40,7 @@ from ..losses import get_loss
 from ..network import MLP
 from ..rate_network import RateNetwork, settle_credit
 from ..rules import make_rule
-from ..train import evaluate
+from ..training import Learner, evaluate, shuffle_generator, train_epochs
 from . import outputs
 
 NAME = "fan2024-predictions"
@@ -77,11 +77,13 @@ def train_network(settings: dict, data) -> tuple[MLP, MLP, float, float]:
     initial = MLP(sizes, activation=settings["activation"], bias=True, dtype=torch.float64, seed=settings["seed"])
     net = initial.clone()
     rule = make_rule("credit", lr=settings["lr"], loss=LOSS)
-    train_x, train_y = data.train_x.to(torch.float64), data.train_y
-    shuffle = torch.Generator().manual_seed(settings["seed"])
-    for _ in range(settings["epochs"]):
-        for index in torch.randperm(train_x.shape[0], generator=shuffle).split(settings["batch"]):
-            rule.step(net, train_x[index], train_y[index])
+    # bioprop.training's loop: the batches of `bioprop train --seed SEED`
+    for result in train_epochs([Learner(net, rule)], data.train_x.to(torch.float64), data.train_y,
+                               epochs=settings["epochs"], batch_size=settings["batch"],
+                               shuffle=shuffle_generator(settings["seed"])):
+        if result.diverged:
+            raise BioPropError(f"predictions: training diverged at epoch {result.epoch} ({result.divergence}); "
+                               f"give a smaller --lr than {settings['lr']:g}")
     test_x = data.test_x.to(torch.float64)
     accuracy = lambda model: evaluate(model, rule.loss, test_x, data.test_y)[1]
     return initial, net, accuracy(initial), accuracy(net)

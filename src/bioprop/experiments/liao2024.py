@@ -9,9 +9,9 @@ Every command here trains networks the same way, so that rules are compared unde
 
 - the network is bioprop.MLP([n_features, *hidden, n_classes]) with ReLU hidden units (the
   paper's upstream pathway is a ReLU network), biases, Xavier init, float32, drawn from `seed`;
-- every rule gets the same initial weights and the same batch order for a seed (the order comes
-  from a torch.Generator seeded like `bioprop train`'s), and a rule with a `seed` option gets
-  the seed too (its random feedback or downstream pathway);
+- every rule gets the same initial weights and the same batch order for a seed (bioprop.training's
+  loop, the one `bioprop train` runs: the same batches as `bioprop train --seed SEED`), and a rule
+  with a `seed` option gets the seed too (its random feedback or downstream pathway);
 - softmax cross-entropy loss, plain SGD on batch means, one learning rate for every rule
   (the circuit's eta_W; by default the circuit rule's own default lr, read from its signature,
   so the lead's tuning of the circuit carries over without touching this file);
@@ -24,8 +24,6 @@ every reproduce command shares.
 from __future__ import annotations
 
 import inspect
-import math
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -37,7 +35,7 @@ from ..diagnostics import measure
 from ..errors import BioPropError
 from ..network import MLP
 from ..rules import RULES, make_rule
-from ..train import _shuffle_seed, evaluate
+from ..training import Learner, shuffle_generator, train_epochs
 from .outputs import check_count, check_number, say
 
 #: the baselines of the accuracy comparison, in the order tables list them
@@ -135,32 +133,26 @@ class History:
 
 
 def fit(net: MLP, rule, data: Dataset, epochs: int, batch: int, seed: int, diagnostics_every: int = 0) -> History:
-    """Train `net` with `rule` in place: SGD over shuffled batches, test accuracy every epoch.
+    """Train `net` with `rule` in place with bioprop.training's loop (the batch order of
+    `bioprop train --seed SEED`), test accuracy every epoch; a non-finite loss or weight stops it.
 
     diagnostics_every N > 0: every N steps, bioprop.diagnostics.measure on that step's batch
     (before the step), one record per weight layer with "epoch" and "step" added.
     """
     start = time.perf_counter()
     history = History()
-    shuffle = torch.Generator().manual_seed(_shuffle_seed(seed))
-    train_x, train_y = data.train_x.to(net.dtype), data.train_y
-    test_x, test_y = data.test_x.to(net.dtype), data.test_y
-    step = 0
-    for epoch in range(1, epochs + 1):
-        losses = []
-        for index in torch.randperm(train_x.shape[0], generator=shuffle).split(batch):
-            x, y = train_x[index], train_y[index]
-            if diagnostics_every and step % diagnostics_every == 0:
-                history.diagnostics.extend({"epoch": epoch, "step": step, **r} for r in measure(rule, net, x, y))
-            losses.append(float(rule.step(net, x, y)["loss"]))
-            step += 1
-            if not math.isfinite(losses[-1]):
-                break
-        history.train_loss.append(statistics.fmean(losses))
-        history.test_acc.append(evaluate(net, rule.loss, test_x, test_y)[1])
-        if not math.isfinite(history.train_loss[-1]) or not all(torch.isfinite(p).all() for p in net.parameters_list()):
-            history.diverged = True
-            break
+
+    def diagnose(epoch: int, step: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        if step % diagnostics_every == 0:
+            history.diagnostics.extend({"epoch": epoch, "step": step, **r} for r in measure(rule, net, x, y))
+
+    test = (data.test_x.to(net.dtype), data.test_y)
+    for result in train_epochs([Learner(net, rule)], data.train_x.to(net.dtype), data.train_y, epochs=epochs,
+                               batch_size=batch, shuffle=shuffle_generator(seed), test=test,
+                               before_step=diagnose if diagnostics_every else None):
+        history.train_loss.append(result.metrics[0].train_loss)
+        history.test_acc.append(result.metrics[0].test_acc)
+        history.diverged = result.diverged
     history.seconds = time.perf_counter() - start
     return history
 

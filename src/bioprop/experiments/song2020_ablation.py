@@ -1,7 +1,7 @@
 """Ablation of Z-IL's three conditions (Song et al. 2020, section 5.1 and Fig. 3).
 
-Break one condition at a time, train from BP's initial weights on BP's batches in BP's order,
-and measure how far training drifts from BP's:
+Break one condition at a time, train from BP's initial weights on BP's batches in BP's order
+(bioprop.training's loop: the batches of `bioprop train --seed SEED`), and measure how far training drifts from BP's:
 
 - C1: hidden value nodes start at the feed-forward pass plus N(0, sigma^2) noise,
       sigma in {0, 1e-4, 1e-3, 1e-2, 0.1, 1, 10, 100};
@@ -27,11 +27,10 @@ import torch
 
 from ..data import load_dataset
 from ..errors import BioPropError
-from ..losses import get_loss
 from ..network import MLP
 from ..rules import make_rule
 from ..files import write_atomic, write_csv, write_json
-from ..train import evaluate
+from ..training import Learner, shuffle_generator, train_epochs
 
 SIGMAS = (0.0, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
 FIXED_STEPS = (0, 1, 2, 3, 4, 16, 64)
@@ -53,39 +52,35 @@ def variants():
             yield "C3", f"gamma={gamma:g}", {"gamma": gamma}
 
 
-def train_curve(net, rule, train_x, train_y, test_x, test_y, order, batch, epochs, loss):
-    """Test error (%) after every epoch; stops early (inf) if the weights blow up."""
+def train_curve(net, rule, train_x, train_y, test_x, test_y, seed, batch, epochs):
+    """Test error (%) after every epoch, trained with bioprop.training's loop on the batches of
+    `seed` (those of `bioprop train --seed SEED`); from the epoch where the loss or the weights
+    stop being finite on, inf."""
     errors = []
-    for epoch in range(epochs):
-        for start in range(0, order[epoch].numel(), batch):
-            index = order[epoch][start : start + batch]
-            rule.step(net, train_x[index], train_y[index])
-        if not all(torch.isfinite(p).all() for p in net.parameters_list()):
-            return errors + [math.inf] * (epochs - epoch)
-        _, accuracy = evaluate(net, loss, test_x, test_y)
-        errors.append(100.0 * (1.0 - accuracy))
+    for result in train_epochs([Learner(net, rule)], train_x, train_y, epochs=epochs, batch_size=batch,
+                               shuffle=shuffle_generator(seed), test=(test_x, test_y)):
+        if result.diverged:
+            return errors + [math.inf] * (epochs - result.epoch + 1)
+        errors.append(100.0 * (1.0 - result.metrics[0].test_acc))
     return errors
 
 
 def ablation_table(dataset, depths, width, epochs, lr, batch, seeds, data_dir=None, activation="sigmoid", progress=True) -> list[dict]:
     data = load_dataset(dataset, data_dir=data_dir)
     train_x, test_x = data.train_x.double(), data.test_x.double()
-    loss = get_loss("mse")
     split = (train_x, data.train_y, test_x, data.test_y)
     rows = {}
     for depth in depths:
         sizes = [data.n_features] + [width] * depth + [data.n_classes]
         for seed in seeds:
-            generator = torch.Generator().manual_seed(seed)
-            order = [torch.randperm(train_x.shape[0], generator=generator) for _ in range(epochs)]
             initial = MLP(sizes, activation=activation, dtype=torch.float64, seed=seed)
             reference = initial.clone()
-            reference_curve = train_curve(reference, make_rule("bp", lr=lr), *split, order, batch, epochs, loss)
+            reference_curve = train_curve(reference, make_rule("bp", lr=lr, loss="mse"), *split, seed, batch, epochs)
             for condition, setting, options in variants():
                 if progress:
                     print(f"  depth {depth} seed {seed}: {setting}", file=sys.stderr, flush=True)
                 net = initial.clone()
-                curve = train_curve(net, make_rule("zil", lr=lr, seed=seed, **options), *split, order, batch, epochs, loss)
+                curve = train_curve(net, make_rule("zil", lr=lr, loss="mse", seed=seed, **options), *split, seed, batch, epochs)
                 curve_gap = statistics.fmean(abs(a - b) for a, b in zip(curve, reference_curve))
                 weight_gap = sum(
                     float((w.detach() - v.detach()).norm()) for w, v in zip(net.weights, reference.weights)
