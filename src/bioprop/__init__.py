@@ -6,6 +6,7 @@
     info = rule.step(net, x, y)
 """
 from .activations import Activation, get_activation, register_activation
+from .batches import DtypeWarning
 from .errors import BioPropError, DataUnavailableError
 from .losses import get_loss
 from .network import MLP, ForwardPass, Network
@@ -28,6 +29,7 @@ __all__ = [
     "Activation",
     "BioPropError",
     "DataUnavailableError",
+    "DtypeWarning",
     "LearningRule",
     "get_activation",
     "get_loss",

@@ -1,7 +1,9 @@
 """The in-memory form every loader returns: flattened float32 inputs in [0, 1] and int64 labels."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +18,7 @@ class Dataset:
     train_x, test_x: float32 (N, n_features), one flattened sample per row, values in [0, 1].
     train_y, test_y: int64 (N,), class indices in [0, n_classes).
     source: where the samples came from (a folder, an archive, or "scikit-learn").
+    files: the files read, as paths (empty for a bundled data set); describe_source() says both.
     """
 
     name: str
@@ -25,6 +28,7 @@ class Dataset:
     test_y: torch.Tensor
     n_classes: int
     source: str
+    files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Cheap shape and dtype checks only: every consumer (trainer, rules) relies on them, and a
@@ -48,7 +52,8 @@ class Dataset:
             )
 
     @classmethod
-    def from_pixels(cls, name: str, train: tuple, test: tuple, n_classes: int, source: str) -> "Dataset":
+    def from_pixels(cls, name: str, train: tuple, test: tuple, n_classes: int, source: str,
+                    files: tuple[str, ...] = ()) -> "Dataset":
         """From uint8 images and integer labels as read from the files: (images, labels) per split."""
         return cls(
             name=name,
@@ -58,11 +63,23 @@ class Dataset:
             test_y=labels_to_tensor(test[1]),
             n_classes=n_classes,
             source=source,
+            files=tuple(files),
         )
 
     @property
     def n_features(self) -> int:
         return int(self.train_x.shape[1])
+
+    def describe_source(self) -> str:
+        """One line naming what was read, e.g. "mnist (60000 train, 10000 test) read from
+        /data/mnist/: train-images-idx3-ubyte.gz, ..." (the trainer prints it before it starts)."""
+        counts = f"{self.name} ({self.train_x.shape[0]} train, {self.test_x.shape[0]} test)"
+        if not self.files:
+            return f"{counts} from {self.source}"
+        folder = Path(self.source)
+        if all(Path(path).parent == folder for path in self.files):
+            return f"{counts} read from {folder}{os.sep}: {', '.join(Path(path).name for path in self.files)}"
+        return f"{counts} read from {', '.join(self.files)}"
 
     def __repr__(self) -> str:
         return (
