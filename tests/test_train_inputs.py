@@ -119,13 +119,17 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_note(tmp_path, caps
 def test_the_lock_is_released_on_error_and_ctrl_c(tmp_path, monkeypatch, interruption):
     from bioprop import train as train_module
 
+    out = tmp_path / "run"
+    held = []
+
     def interrupted(self, x, y):
+        held.append((out / LOCK_NAME).read_text().split()[0])
         raise interruption("stopped mid-epoch")
 
     monkeypatch.setattr(train_module.Learner, "step", interrupted)
-    out = tmp_path / "run"
     with pytest.raises(interruption):
         train({**RUN, "out": str(out)}, progress=False)
+    assert held == [str(os.getpid())]  # held while the run wrote the folder
     assert not (out / LOCK_NAME).exists()
     with run_lock(out):  # free again
         pass
@@ -214,7 +218,7 @@ def test_the_trainer_prints_the_files_it_read_and_refuses_a_wrong_data_dir(tmp_p
 
     (good / "mnist" / "t10k-images-idx3-ubyte.gz").unlink()
     out = tmp_path / "refused"
-    assert cli.main(["train", "--rule", "bp", "--dataset", "mnist", "--data-dir", str(good), "--out", str(out)]) == 2
+    assert cli.main(["train", "--rule", "bp", "--dataset", "mnist", "--data-dir", str(good), "--batch-size", "4", "--out", str(out)]) == 2
     assert "lacks t10k-images-idx3-ubyte.gz" in capsys.readouterr().err and not out.exists()
 
 
