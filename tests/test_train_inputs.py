@@ -135,6 +135,17 @@ def test_the_lock_is_released_on_error_and_ctrl_c(tmp_path, monkeypatch, interru
         pass
 
 
+def test_without_fcntl_the_lock_file_is_created_exclusively(tmp_path, monkeypatch):
+    from bioprop import runlock
+
+    monkeypatch.setattr(runlock, "fcntl", None)  # as on Windows
+    with run_lock(tmp_path):
+        assert (tmp_path / LOCK_NAME).read_text().split()[0] == str(os.getpid())
+        with pytest.raises(BioPropError, match=f"locked by PID {os.getpid()} on host .*delete {tmp_path / LOCK_NAME}"):
+            runlock.acquire(tmp_path)
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
 # ---------------------------------------------------------------- 2. an explicit --data-dir is the folder read
 
 
@@ -281,7 +292,7 @@ def test_a_whole_checkpoint_of_foreign_objects_is_not_called_corrupt(run_copy):
     ("rule: bp\nbatch-size: 0\n", "batch-size: 0 is less than 1; give an integer >= 1"),
     ("rule: bp\nhidden: [8, wide]\n", "hidden: 'wide' is not an integer"),
     ("rule: bp\nbias: maybe\n", "bias: 'maybe' is not a boolean; give true or false"),
-    ("rule: zil\ngamma: fast\n", "gamma: 'fast' is not a number; rules "),
+    ("rule: zil\ngamma: fast\n", "gamma: 'fast' is not a number; give a number, as --gamma takes (rules "),
 ])
 def test_a_config_file_value_of_the_wrong_type_names_the_file_and_key(tmp_path, capsys, text, message):
     config = tmp_path / "run.yaml"

@@ -10,6 +10,8 @@ One run is one folder:
     checkpoint.pt   written every epoch: network, rule state, shuffling generator, metrics so far,
                     config (and the twin's network and rule with --compare)
     summary.json    written at the end: final and best metrics, times, final twin differences
+    .bioprop-run.lock  present while a run writes the folder, naming its PID: a second run into
+                    the folder is refused meanwhile (bioprop.runlock)
     diagnostics.jsonl  with --diagnostics-every N: every N training steps, one JSON object per
                     weight layer with bioprop.diagnostics.measure's figures on that step's batch
                     (cos(ΔW, -∇W), the circuit's Theorem-1 error and alignments, ...), plus
@@ -375,8 +377,8 @@ def _file_option_value(path: Any, key: str, name: str, value: Any) -> Any:
             pass
     elif not isinstance(value, bool) and isinstance(value, int if spec.parse is int else (int, float)):
         return value
-    raise BioPropError(f"--config {path}: {key}: {value!r} is not {kind}; rules {', '.join(spec.rules)} take {kind} "
-                       f"here (flag {spec.flag})")
+    raise BioPropError(f"--config {path}: {key}: {value!r} is not {kind}; give {kind}, as {spec.flag} takes "
+                       f"(rules {', '.join(spec.rules)})")
 
 
 def _flag(name: str) -> str:
@@ -411,11 +413,11 @@ def _as_int(name: str, value: Any, minimum: int) -> int:
 def _as_float(name: str, value: Any, positive: bool) -> float:
     requirement = "give a finite number" + (" > 0" if positive else "")
     try:
-        number = float(value) if not isinstance(value, bool) else math.nan
+        if isinstance(value, bool):
+            raise TypeError("a boolean is not a number")
+        number = float(value)
     except (TypeError, ValueError):
         raise _BadSetting(name, value, "is not a number", requirement) from None
-    if isinstance(value, bool):
-        raise _BadSetting(name, value, "is not a number", requirement)
     if not math.isfinite(number):
         raise _BadSetting(name, value, "is not finite", requirement)
     if positive and number <= 0:
