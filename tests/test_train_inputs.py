@@ -274,7 +274,8 @@ def test_a_truncated_or_garbage_checkpoint_says_so_and_what_to_do(run_copy, dama
         train({"resume": str(run_copy), "epochs": 2})
     message = str(raised.value)
     assert f"checkpoint.pt in {run_copy} is truncated or corrupt" in message
-    assert f"--out {run_copy} --overwrite" in message and "restore checkpoint.pt" in message
+    assert f"`bioprop train --config {run_copy / 'config.yaml'} --out {run_copy} --overwrite`" in message
+    assert "restore checkpoint.pt" in message
 
 
 def test_a_whole_checkpoint_of_foreign_objects_is_not_called_corrupt(run_copy):
@@ -282,6 +283,9 @@ def test_a_whole_checkpoint_of_foreign_objects_is_not_called_corrupt(run_copy):
     with pytest.raises(BioPropError, match="cannot be loaded .*it was not written by `bioprop train`") as raised:
         train({"resume": str(run_copy), "epochs": 2})
     assert "corrupt" not in str(raised.value)
+    # The advice works: the run's own config.yaml starts it again in place.
+    train({"config": str(run_copy / "config.yaml"), "out": str(run_copy), "overwrite": True, "quiet": True}, progress=False)
+    assert torch.load(run_copy / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
 
 # ---------------------------------------------------------------- 5. config file values are reported as the file's

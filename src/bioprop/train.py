@@ -708,8 +708,9 @@ def _unreadable_checkpoint(run_dir: Path, path: Path, error: Exception) -> str:
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if len(reason) > 120:  # torch's zip reader appends a paragraph of advice to its first sentence
         reason = reason.split(". ")[0]
-    fixes = (f"restore checkpoint.pt from a backup, or start the run again with --out {run_dir} --overwrite "
-             f"(this replaces its run files)")
+    settings = f"--config {run_dir / 'config.yaml'} " if (run_dir / "config.yaml").is_file() else ""
+    fixes = (f"restore checkpoint.pt from a backup, or start the run again with `bioprop train {settings}--out {run_dir} "
+             f"--overwrite` (this replaces its run files)")
     try:
         with zipfile.ZipFile(path) as archive:
             whole = archive.testzip() is None
