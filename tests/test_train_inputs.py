@@ -10,6 +10,7 @@ refused run; warnings.catch_warnings for what was warned.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -108,11 +109,28 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_note(tmp_path, caps
     dead_pid = int(finished.stdout)
     out = tmp_path / "run"
     out.mkdir()
-    (out / LOCK_NAME).write_text(f"{dead_pid} somehost\n")  # what a killed run leaves behind
+    host = socket.gethostname()
+    (out / LOCK_NAME).write_text(f"{dead_pid} {host}\n")  # what a killed run leaves behind
     train({**RUN, "out": str(out), "quiet": False}, progress=False)  # the leftover lock alone is no "non-empty folder"
     error = capsys.readouterr().err
-    assert f"took over the lock of {out} left by PID {dead_pid} on host somehost" in error
+    assert f"took over the lock of {out} left by PID {dead_pid} on host {host}, which no longer runs" in error
     assert (out / "summary.json").is_file() and not (out / LOCK_NAME).exists()
+
+
+def test_a_lock_file_naming_a_live_process_here_is_refused_even_if_flock_lets_us_in(tmp_path):
+    """For file systems whose flock does nothing: the PID in the file is checked too."""
+    from bioprop import runlock
+
+    alive = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        (tmp_path / LOCK_NAME).write_text(f"{alive.pid} {socket.gethostname()}\n")  # no flock held on it
+        with pytest.raises(BioPropError, match=f"locked by PID {alive.pid} on host .*still running"):
+            runlock.acquire(tmp_path)
+    finally:
+        alive.stdin.close()
+        alive.wait(timeout=30)
+    with run_lock(tmp_path):  # once it has ended, the lock is taken over
+        pass
 
 
 @pytest.mark.parametrize("interruption", [KeyboardInterrupt, RuntimeError])

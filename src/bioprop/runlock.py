@@ -9,7 +9,8 @@ The lock is `LOCK_NAME` in the run folder, locked with fcntl.flock(LOCK_EX | LOC
 "PID HOST" of its owner. The kernel drops a flock when its process ends, however it ends (an
 exception, Ctrl-C, SIGKILL, a power cut), so a lock is never held by a dead process: a lock file
 that can be locked but still names a PID is what a killed run left behind, and is taken over
-with a note. The owner removes the file when it releases the lock; because a second process may
+with a note -- unless that PID is alive on this host (a file system whose flock does nothing),
+which is refused. The owner removes the file when it releases the lock; because a second process may
 have opened the file just before that, an acquirer checks after locking that the path still
 names the file it locked, and otherwise starts again.
 
@@ -73,6 +74,26 @@ def _describe_owner(text: str) -> str:
     return f"an unknown process (lock file reads {text.strip()[:80]!r})" if text.strip() else "another process"
 
 
+def _alive_here(owner: str) -> bool:
+    """Whether the lock file names a live process of this host other than this one. A flock that
+    succeeds says its owner has ended; this double-checks, for file systems whose flock is a no-op."""
+    parts = owner.split()
+    if len(parts) < 2 or not parts[0].isdigit() or " ".join(parts[1:]) != socket.gethostname():
+        return False
+    pid = int(parts[0])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return False
+    return True
+
+
 def _read(descriptor: int) -> str:
     os.lseek(descriptor, 0, os.SEEK_SET)
     return os.read(descriptor, 4096).decode("utf-8", errors="replace")
@@ -121,6 +142,12 @@ def acquire(folder: str | os.PathLike) -> RunLock:
             continue
         try:
             left_behind = _read(descriptor).strip()
+            if _alive_here(left_behind):
+                raise BioPropError(
+                    f"run folder {folder} is locked by {_describe_owner(left_behind)}, which is still running, "
+                    f"although the file system let this process lock {LOCK_NAME} too (it may not support "
+                    f"flock); wait for that run to finish, or, if it is not a bioprop run, delete {path}"
+                )
             _write_owner(descriptor)
         except BaseException:
             os.close(descriptor)
