@@ -130,6 +130,10 @@ def acquire(folder: str | os.PathLike) -> RunLock:
             owner = _read(descriptor)
             os.close(descriptor)
             raise _refuse(folder, owner) from None
+        except OSError as error:  # ENOLCK and the like: a file system without locks
+            os.close(descriptor)
+            raise BioPropError(f"run folder {folder}: cannot lock {path} ({error}); put the run on a file "
+                               f"system that supports file locks, or choose another --out") from None
         except BaseException:
             os.close(descriptor)
             raise
