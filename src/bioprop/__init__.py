@@ -28,6 +28,7 @@ _LAZY = {
     "get_activation": "activations",
     "register_activation": "activations",
     "get_loss": "losses",
+    "DtypeWarning": "batches",
     "MLP": "network",
     "ForwardPass": "network",
     "Network": "network",
@@ -42,6 +43,7 @@ _LAZY = {
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on demand
     from .activations import Activation, get_activation, register_activation
+    from .batches import DtypeWarning
     from .losses import get_loss
     from .network import MLP, ForwardPass, Network
     from .rate_network import RateNetwork
@@ -92,6 +94,7 @@ __all__ = [
     "Activation",
     "BioPropError",
     "DataUnavailableError",
+    "DtypeWarning",
     "LearningRule",
     "get_activation",
     "get_loss",

@@ -1,12 +1,57 @@
 """Checking a training batch before a rule touches a network (any network: an MLP's layers or a
-RateNetwork's input and output neurons)."""
+RateNetwork's input and output neurons).
+
+A batch is brought to the network's dtype. When that changes a floating dtype (a float32 batch
+for a float64 network, which is how exactness checks quietly lose their 1e-10, or the reverse,
+which drops precision) a DtypeWarning says so, once per network and dtype pair: networks are
+told apart by their description (`network`, e.g. "a net with sizes [4, 3, 2]"), so that a rule's
+every step does not repeat it. Integer labels, integer inputs and batches already in the
+network's dtype never warn.
+"""
 from __future__ import annotations
+
+import os
+import sys
+import warnings
 
 import torch
 
 from .errors import BioPropError
 
 Tensor = torch.Tensor
+
+
+class DtypeWarning(UserWarning):
+    """A floating-point batch was converted to the network's other floating dtype."""
+
+
+#: (network description, batch dtype, network dtype) already warned about
+_WARNED: set[tuple[str, torch.dtype, torch.dtype]] = set()
+_PACKAGE_FOLDER = os.path.dirname(os.path.abspath(__file__))
+
+
+def _warn_conversion(converted: list[str], found: torch.dtype, dtype: torch.dtype, network: str) -> None:
+    key = (network, found, dtype)
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    warnings.warn(
+        f"{' and '.join(converted)}: {str(found).removeprefix('torch.')} batch converted to "
+        f"{str(dtype).removeprefix('torch.')} for {network}; convert it yourself (e.g. x.to(torch."
+        f"{str(dtype).removeprefix('torch.')})) or build the network with dtype={found} to silence this",
+        DtypeWarning,
+        stacklevel=_caller_level(),
+    )
+
+
+def _caller_level() -> int:
+    """warnings.warn's stacklevel for the first frame outside bioprop, so the warning points at
+    the user's line (Python 3.12's skip_file_prefixes does this; 3.11 does not have it)."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_FOLDER + os.sep):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def check_examples(x, y, n_in: int, n_out: int, network: str, dtype: torch.dtype,
@@ -38,6 +83,12 @@ def check_targets(x: Tensor, y, n_out: int, network: str, dtype: torch.dtype,
         raise BioPropError(f"x and y: batch sizes differ ({x.shape[0]} inputs, {y.shape[0]} targets)")
     if x.shape[0] == 0:
         raise BioPropError("x: the batch is empty")
+    converted: dict[torch.dtype, list[str]] = {}
+    for name, tensor in (("x", x), ("y", y)):
+        if tensor.dtype.is_floating_point and tensor.dtype != dtype:
+            converted.setdefault(tensor.dtype, []).append(name)
+    for found, names in converted.items():
+        _warn_conversion(names, found, dtype, network)
     x = x.to(dtype=dtype, device=device)
     y = y.to(dtype=dtype, device=device)
     if not torch.isfinite(x).all():

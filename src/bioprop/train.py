@@ -23,6 +23,8 @@ One run is one folder:
                     them with --compare; written when the run stops (finished, diverged or
                     interrupted)
     summary.json    written at the end: final and best metrics, times, final twin differences
+    .bioprop-run.lock  present while a run writes the folder, naming its PID: a second run into
+                    the folder is refused meanwhile (bioprop.runlock)
     diagnostics.jsonl  with --diagnostics-every N: every N training steps, one JSON object per
                     weight layer with bioprop.diagnostics.measure's figures on that step's batch
                     (cos(ΔW, -∇W), the circuit's Theorem-1 error and alignments, ...), plus
@@ -70,6 +72,7 @@ import platform
 import sys
 import time
 import tomllib
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +90,7 @@ from .losses import loss_names
 from .models import MODEL_NAMES, build_model, input_layout, shape_batch
 from .network import INPUT_MAPS, MLP
 from .rules import RULES, make_rule
+from .runlock import LOCK_NAME, hold_run_lock, releases_run_locks
 from .training import (
     Learner, TrainingDiverged, evaluate, shuffle_generator, shuffle_seed, train_epochs, weight_difference,
 )
@@ -375,11 +379,57 @@ def _given_settings(config: dict | TrainConfig) -> dict[str, Any]:
     from_file = load_config_file(file_path)
     file_fields, file_options = split_settings(from_file, f"--config {file_path}")
     fields, options = split_settings(given, "settings")
+    keys = {str(key).replace("-", "_"): str(key) for key in from_file}
+    _check_file_values(file_path, keys, {k: v for k, v in file_fields.items() if k not in fields})
+    file_options = {k: _file_option_value(file_path, keys.get(k, k), k, v) for k, v in file_options.items()}
     return {**file_fields, **fields, "rule_options": {**file_options, **options}}
+
+
+def _check_file_values(path: Any, keys: dict[str, str], file_fields: dict[str, Any]) -> None:
+    """Check the config file's own values (those no flag overrides) here, where the file is
+    known, so that `lr: fast` is reported as the file's key and not as a --lr never passed."""
+    for name, value in file_fields.items():
+        check = _FIELD_CHECKS.get(name)
+        if check is None:
+            continue
+        try:
+            check(value)
+        except _BadSetting as bad:
+            raise bad.in_file(path, keys.get(name, name)) from None
+
+
+def _file_option_value(path: Any, key: str, name: str, value: Any) -> Any:
+    """A numeric rule option from a config file as a number: YAML reads `1e-3` (no dot) as text,
+    and a flag's value would have gone through the same parser."""
+    spec = rule_option_specs().get(name)
+    if spec is None or spec.parse not in (int, float):
+        return value
+    kind = "an integer" if spec.parse is int else "a number"
+    if isinstance(value, str):
+        try:
+            return spec.parse(value)
+        except ValueError:
+            pass
+    elif not isinstance(value, bool) and isinstance(value, int if spec.parse is int else (int, float)):
+        return value
+    raise BioPropError(f"--config {path}: {key}: {value!r} is not {kind}; give {kind}, as {spec.flag} takes "
+                       f"(rules {', '.join(spec.rules)})")
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+class _BadSetting(BioPropError):
+    """A setting whose value fails its check. The message is worded for the flag; in_file words
+    it for a config file's key instead."""
+
+    def __init__(self, name: str, value: Any, problem: str, requirement: str):
+        self.name, self.value, self.problem, self.requirement = name, value, problem, requirement
+        super().__init__(f"{_flag(name)} {value!r}: {requirement}")
+
+    def in_file(self, path: Any, key: str) -> BioPropError:
+        return BioPropError(f"--config {path}: {key}: {self.value!r} {self.problem}; {self.requirement}")
 
 
 def _as_int(name: str, value: Any, minimum: int) -> int:
@@ -388,30 +438,37 @@ def _as_int(name: str, value: Any, minimum: int) -> int:
             value = int(value)
         except ValueError:
             pass
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise BioPropError(f"{_flag(name)} {value!r}: give an integer >= {minimum}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _BadSetting(name, value, "is not an integer", f"give an integer >= {minimum}")
+    if value < minimum:
+        raise _BadSetting(name, value, f"is less than {minimum}", f"give an integer >= {minimum}")
     return value
 
 
 def _as_float(name: str, value: Any, positive: bool) -> float:
+    requirement = "give a finite number" + (" > 0" if positive else "")
     try:
-        number = float(value) if not isinstance(value, bool) else math.nan
+        if isinstance(value, bool):
+            raise TypeError("a boolean is not a number")
+        number = float(value)
     except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number) or (positive and number <= 0):
-        raise BioPropError(f"{_flag(name)} {value!r}: give a finite number" + (" > 0" if positive else ""))
+        raise _BadSetting(name, value, "is not a number", requirement) from None
+    if not math.isfinite(number):
+        raise _BadSetting(name, value, "is not finite", requirement)
+    if positive and number <= 0:
+        raise _BadSetting(name, value, "is not > 0", requirement)
     return number
 
 
 def _as_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise BioPropError(f"{_flag(name)} {value!r}: give true or false")
+        raise _BadSetting(name, value, "is not a boolean", "give true or false")
     return value
 
 
 def _as_choice(name: str, value: Any, choices) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise BioPropError(f"{_flag(name)} {value!r}: choose one of {', '.join(sorted(choices))}")
+        raise _BadSetting(name, value, "is not one of the choices", f"choose one of {', '.join(sorted(choices))}")
     return value
 
 
@@ -420,49 +477,73 @@ def _as_optional_str(name: str, value: Any) -> str | None:
         return None
     if isinstance(value, (str, os.PathLike)):
         return os.fspath(value)
-    raise BioPropError(f"{_flag(name)} {value!r}: give a path or name")
+    raise _BadSetting(name, value, "is not text", "give a path or name")
+
+
+def _as_hidden(value: Any) -> list[int]:
+    hidden = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(hidden, (list, tuple)):
+        raise _BadSetting("hidden", value, "is not a list", "give a list of layer widths, e.g. --hidden 64 64")
+    return [_as_int("hidden", n, 1) for n in hidden]
+
+
+def _as_activation(value: Any) -> str:
+    try:
+        get_activation(value)
+    except BioPropError:
+        raise _BadSetting("activation", value, "is not an activation", f"choose one of {', '.join(activation_names())}") from None
+    return value
+
+
+def _as_dataset(value: Any) -> str:
+    from .data import dataset_names
+
+    return _as_choice("dataset", value, dataset_names())
+
+
+#: The check of each setting's value on its own (validate adds the checks across settings).
+_FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "rule": lambda v: v if v is None else _as_choice("rule", v, RULES),
+    "compare": lambda v: v if v is None else _as_choice("compare", v, RULES),
+    "dataset": _as_dataset,
+    "data_dir": lambda v: _as_optional_str("data_dir", v),
+    "download": lambda v: _as_bool("download", v),
+    "hidden": _as_hidden,
+    "activation": _as_activation,
+    "bias": lambda v: _as_bool("bias", v),
+    "input_map": lambda v: _as_choice("input_map", v, INPUT_MAPS),
+    "init": lambda v: _as_choice("init", v, ("xavier", "uniform")),
+    "init_scale": lambda v: _as_float("init_scale", v, positive=False),
+    "loss": lambda v: _as_choice("loss", v, loss_names()),
+    "epochs": lambda v: _as_int("epochs", v, 1),
+    "batch_size": lambda v: _as_int("batch_size", v, 1),
+    "lr": lambda v: _as_float("lr", v, positive=True),
+    "seed": lambda v: _as_int("seed", v, 0),
+    "dtype": lambda v: _as_choice("dtype", v, DTYPES),
+    "device": lambda v: _as_choice("device", v, DEVICES),
+    "out": lambda v: _as_optional_str("out", v),
+    "resume": lambda v: _as_optional_str("resume", v),
+    "overwrite": lambda v: _as_bool("overwrite", v),
+    "quiet": lambda v: _as_bool("quiet", v),
+    "eval_every": lambda v: _as_int("eval_every", v, 1),
+    "diagnostics_every": lambda v: _as_int("diagnostics_every", v, 0),
+}
 
 
 def validate(config: TrainConfig) -> TrainConfig:
     """Check every setting and return the config with canonical types (raises BioPropError)."""
-    from .data import dataset_names
-
     c = dataclasses.replace(config)
     if c.rule is None:
         raise BioPropError(f"--rule: required; choose one of {', '.join(sorted(RULES))}")
-    c.rule = _as_choice("rule", c.rule, RULES)
-    if c.compare is not None:
-        c.compare = _as_choice("compare", c.compare, RULES)
-    c.dataset = _as_choice("dataset", c.dataset, dataset_names())
-    c.data_dir = _as_optional_str("data_dir", c.data_dir)
-    c.download = _as_bool("download", c.download)
-    hidden = [c.hidden] if isinstance(c.hidden, int) and not isinstance(c.hidden, bool) else c.hidden
-    if not isinstance(hidden, (list, tuple)):
-        raise BioPropError(f"--hidden {c.hidden!r}: give a list of layer widths, e.g. --hidden 64 64")
-    c.hidden = [_as_int("hidden", n, 1) for n in hidden]
-    try:
-        get_activation(c.activation)
-    except BioPropError:
-        raise BioPropError(f"--activation {c.activation!r}: choose one of {', '.join(activation_names())}") from None
-    c.bias = _as_bool("bias", c.bias)
-    c.input_map = _as_choice("input_map", c.input_map, INPUT_MAPS)
-    c.init = _as_choice("init", c.init, ("xavier", "uniform"))
-    c.init_scale = _as_float("init_scale", c.init_scale, positive=False)
-    c.loss = _as_choice("loss", c.loss, loss_names())
-    c.epochs = _as_int("epochs", c.epochs, 1)
-    c.batch_size = _as_int("batch_size", c.batch_size, 1)
-    c.lr = _as_float("lr", c.lr, positive=True)
-    c.seed = _as_int("seed", c.seed, 0)
-    c.dtype = _as_choice("dtype", c.dtype, DTYPES)
-    c.device = _as_choice("device", c.device, DEVICES)
+    for name, check in _FIELD_CHECKS.items():
+        setattr(c, name, check(getattr(c, name)))
     if c.device == "cuda" and not torch.cuda.is_available():
         raise BioPropError("--device cuda: CUDA is not available here; use --device cpu (or auto)")
-    c.out = _as_optional_str("out", c.out)
-    c.resume = _as_optional_str("resume", c.resume)
-    c.overwrite = _as_bool("overwrite", c.overwrite)
-    c.quiet = _as_bool("quiet", c.quiet)
-    c.eval_every = _as_int("eval_every", c.eval_every, 1)
-    c.diagnostics_every = _as_int("diagnostics_every", c.diagnostics_every, 0)
+    if c.data_dir is not None and c.dataset == "digits":
+        raise BioPropError(
+            f"--data-dir {c.data_dir}: data set 'digits' is bundled with scikit-learn and reads no files; "
+            f"leave out --data-dir, or choose a --dataset that is read from files"
+        )
     if not isinstance(c.rule_options, dict):
         raise BioPropError("rule_options: expected a mapping of option: value")
     specs = rule_option_specs()
@@ -489,6 +570,17 @@ def _check_model(c: TrainConfig) -> None:
                            f"--hidden sizes only --model mlp and rnn")
     if c.model != "mlp" and c.diagnostics_every:
         raise BioPropError("--diagnostics-every: measured on MLPs only for now; drop it or use --model mlp")
+
+
+def _check_fits_data(config: TrainConfig, dataset) -> None:
+    """Checks that need the data set: a batch larger than the training set would make every
+    epoch one full-batch step, silently (not what --batch-size asked for)."""
+    n_train = int(dataset.train_y.shape[0])
+    if config.batch_size > n_train:
+        raise BioPropError(
+            f"--batch-size {config.batch_size}: larger than the training set of {config.dataset} "
+            f"({n_train} samples); give at most {n_train} (--batch-size {n_train} trains on the whole set each step)"
+        )
 
 
 def resolve_device(device: str) -> torch.device:
@@ -530,11 +622,18 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     """Refuse a non-empty folder unless --overwrite; check only, creates nothing."""
     if out.exists() and not out.is_dir():
         raise BioPropError(f"--out {out}: exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if out.is_dir() and any(path.name != LOCK_NAME for path in out.iterdir()) and not overwrite:
         raise BioPropError(
             f"--out {out}: folder exists and is not empty; pass --overwrite to replace its run files, "
             f"--resume {out} to continue the run, or choose another --out"
         )
+
+
+def _lock_run_folder(folder: Path, quiet: bool) -> None:
+    """Hold `folder`'s run lock until train() returns or raises (bioprop.runlock); a folder that
+    does not exist yet is left to the checks that say so."""
+    if folder.is_dir():
+        hold_run_lock(folder, note=None if quiet else (lambda text: print(text, file=sys.stderr, flush=True)))
 
 
 def _clear_run_files(out: Path) -> None:
@@ -582,12 +681,34 @@ def _load_checkpoint(run_dir: Path) -> dict[str, Any]:
         raise BioPropError(f"--resume {run_dir}: {what}; give the folder of a run started by `bioprop train`")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file: say which file, not a traceback
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise BioPropError(f"--resume {run_dir}: cannot read checkpoint.pt ({reason})") from None
+    except Exception as error:  # torch's own reasons ("[Errno 22] Invalid argument", EOFError) say little
+        raise BioPropError(_unreadable_checkpoint(run_dir, path, error)) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise BioPropError(f"--resume {run_dir}: checkpoint.pt is not a `bioprop train` checkpoint")
     return checkpoint
+
+
+def _unreadable_checkpoint(run_dir: Path, path: Path, error: Exception) -> str:
+    """Why checkpoint.pt cannot be loaded, and what to do. torch.save writes a zip archive, so a
+    file that is not a whole, checksum-valid zip was cut short or damaged; a whole one that torch
+    refuses holds objects a `bioprop train` checkpoint never does."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if len(reason) > 120:  # torch's zip reader appends a paragraph of advice to its first sentence
+        reason = reason.split(". ")[0]
+    settings = f"--config {run_dir / 'config.yaml'} " if (run_dir / "config.yaml").is_file() else ""
+    fixes = (f"restore checkpoint.pt from a backup, or start the run again with `bioprop train {settings}--out {run_dir} "
+             f"--overwrite` (this replaces its run files)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            whole = archive.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        whole = False
+    if not whole:
+        return (f"--resume {run_dir}: checkpoint.pt in {run_dir} is truncated or corrupt ({path.stat().st_size} bytes, "
+                f"not a complete torch.save archive; torch says: {reason}), so the run cannot continue from it. "
+                f"To fix: {fixes}")
+    return (f"--resume {run_dir}: checkpoint.pt in {run_dir} cannot be loaded ({reason}); it was not written by "
+            f"`bioprop train`. To fix: {fixes}")
 
 
 def _resume_config(given: dict[str, Any], run_dir: Path, checkpoint: dict[str, Any]) -> TrainConfig:
@@ -608,6 +729,7 @@ def _resume_config(given: dict[str, Any], run_dir: Path, checkpoint: dict[str, A
     return dataclasses.replace(requested, out=str(run_dir), resume=str(run_dir))
 
 
+@releases_run_locks
 def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train as configured and return the run's summary (also written to summary.json).
 
@@ -622,6 +744,7 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     if fields.get("resume") is not None:
         run_dir = Path(os.fspath(fields["resume"]))
+        _lock_run_folder(run_dir, quiet=bool(fields.get("quiet")))
         checkpoint, stored = _load_run(run_dir)
         config = _resume_config(given, run_dir, {"config": stored} if checkpoint is None else checkpoint)
         done = int(checkpoint["epoch"]) if checkpoint is not None else 0
@@ -639,6 +762,8 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
     from .data import load_dataset
 
     dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
+    say(f"data: {dataset.describe_source()}")
+    _check_fits_data(config, dataset)
     device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
     image_shape = _image_shape(config, dataset)
@@ -702,7 +827,11 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
     config_text = _yaml_text({**stored_config, "resolved": resolved})
     # Everything is checked: only now does the run folder appear.
     out.mkdir(parents=True, exist_ok=True)
-    if checkpoint is None and config.overwrite:
+    _lock_run_folder(out, quiet=config.quiet)
+    resuming = fields.get("resume") is not None  # also a run stopped before its first checkpoint
+    if not resuming:  # again, under the lock: another run may have written here since the first check
+        _prepare_out(out, config.overwrite)
+    if not resuming and config.overwrite:
         _clear_run_files(out)
     write_atomic(out / "config.yaml", lambda h: h.write(config_text))
 

@@ -11,10 +11,12 @@
     cifar10        50000 / 10000   3072 (3x32x32)   cifar-10-python.tar.gz or cifar-10-batches-py/
     svhn           73257 / 26032   3072 (3x32x32)   train_32x32.mat, test_32x32.mat (needs scipy)
 
-Files are looked for in data_dir/NAME/, data_dir, system folders, then the cache folder
-(cache_dir, else $BIOPROP_DATA_DIR, else ~/.cache/bioprop, plus /NAME); see `locate`. Only with
-download=True is anything fetched, checksum-verified, into the cache folder. When the files
-cannot be had, DataUnavailableError names the files, the folders searched, and the fixes.
+Given data_dir, files are looked for in data_dir/NAME/ then data_dir, and nowhere else: a named
+folder without the files is an error naming what is missing there. Without it, in system folders,
+then the cache folder (cache_dir, else $BIOPROP_DATA_DIR, else ~/.cache/bioprop, plus /NAME); see
+`locate`. Only with download=True is anything fetched, checksum-verified, into data_dir/NAME/ or
+the cache folder. When the files cannot be had, DataUnavailableError names the files, the folders
+searched, and the fixes. `ds.files` lists the files read; `ds.describe_source()` says it in a line.
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import BioPropError
 from .dataset import Dataset
 from .download import RemoteFile
-from .locate import NotHere, PathLike, cache_folder, locate_or_download, search_folders
+from .locate import NotHere, PathLike, locate_or_download, plan_search
 
 NAME = "cifar10"
 N_CLASSES = 10
@@ -63,20 +63,23 @@ def load_cifar10(
 ) -> Dataset:
     location, _ = locate_or_download(
         NAME,
-        folders=search_folders(NAME, data_dir, cache_dir),
+        search=plan_search(NAME, data_dir, cache_dir),
         resolve=resolve_cifar_files,
         needed=(
             f"{ARCHIVE_NAME}, or the folder {BATCH_FOLDER_NAME}/ extracted from it "
             f"(holding {', '.join(ALL_BATCHES)})"
         ),
         remote_files=[ARCHIVE],
-        cache=cache_folder(NAME, cache_dir),
         download=download,
     )
     batches = read_batch_folder(location.path) if isinstance(location, BatchFolder) else read_archive(location.path)
     train_x, train_y = _join([batches[name] for name in TRAIN_BATCHES])
     test_x, test_y = batches[TEST_BATCH]
-    return Dataset.from_pixels(NAME, (train_x, train_y), (test_x, test_y), N_CLASSES, str(location.path),
+    if isinstance(location, BatchFolder):
+        files = tuple(str(location.path / name) for name in ALL_BATCHES)
+    else:
+        files = (str(location.path),)
+    return Dataset.from_pixels(NAME, (train_x, train_y), (test_x, test_y), N_CLASSES, str(location.path), files=files,
                               image_shape=(3, 32, 32))  # each row: red plane, green, blue, row-major
 
 
@@ -94,7 +97,7 @@ def resolve_cifar_files(folder: Path) -> BatchFolder | Archive | NotHere:
         partial_note = ""
     if (folder / ARCHIVE_NAME).is_file():
         return Archive(folder / ARCHIVE_NAME)
-    return NotHere(partial_note)
+    return NotHere(partial_note, partial=bool(partial_note))
 
 
 def read_batch_folder(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

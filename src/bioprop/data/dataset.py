@@ -2,7 +2,9 @@
 the image shape (C, H, W) that the flattened rows unfold into (`x.reshape(N, C, H, W)`)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ class Dataset:
     image_shape: (channels, height, width) of one sample, in the order of the flattened row:
         row.reshape(C, H, W) is the image (channel-first, then row-major). None for data that
         are not images (then only flat models such as an MLP can read them).
+    files: the files read, as paths (empty for a bundled data set); describe_source() says both.
     """
 
     name: str
@@ -30,6 +33,7 @@ class Dataset:
     n_classes: int
     source: str
     image_shape: tuple[int, int, int] | None = None
+    files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Cheap shape and dtype checks only: every consumer (trainer, rules) relies on them, and a
@@ -62,7 +66,7 @@ class Dataset:
 
     @classmethod
     def from_pixels(cls, name: str, train: tuple, test: tuple, n_classes: int, source: str,
-                    image_shape: tuple[int, int, int] | None = None) -> "Dataset":
+                    image_shape: tuple[int, int, int] | None = None, files: tuple[str, ...] = ()) -> "Dataset":
         """From uint8 images and integer labels as read from the files: (images, labels) per split.
         `image_shape` (C, H, W): the layout of each image's flattened pixels (see the class)."""
         return cls(
@@ -74,11 +78,23 @@ class Dataset:
             n_classes=n_classes,
             source=source,
             image_shape=image_shape,
+            files=tuple(files),
         )
 
     @property
     def n_features(self) -> int:
         return int(self.train_x.shape[1])
+
+    def describe_source(self) -> str:
+        """One line naming what was read, e.g. "mnist (60000 train, 10000 test) read from
+        /data/mnist/: train-images-idx3-ubyte.gz, ..." (the trainer prints it before it starts)."""
+        counts = f"{self.name} ({self.train_x.shape[0]} train, {self.test_x.shape[0]} test)"
+        if not self.files:
+            return f"{counts} from {self.source}"
+        folder = Path(self.source)
+        if all(Path(path).parent == folder for path in self.files):
+            return f"{counts} read from {folder}{os.sep}: {', '.join(Path(path).name for path in self.files)}"
+        return f"{counts} read from {', '.join(self.files)}"
 
     def __repr__(self) -> str:
         return (

@@ -26,7 +26,7 @@ from ..errors import BioPropError
 from .dataset import Dataset
 from .download import RemoteFile
 from .idx import read_idx
-from .locate import PathLike, cache_folder, locate_or_download, resolve_file_set, search_folders
+from .locate import PathLike, locate_or_download, plan_search, resolve_file_set
 
 N_CLASSES = 10
 
@@ -100,12 +100,11 @@ def load_idx_dataset(
 ) -> Dataset:
     """Load "mnist" or "fashion-mnist" (see the module docstring for files and search order)."""
     source = SOURCES[name]
-    cache = cache_folder(name, cache_dir)
     # Each file may be gzip-compressed (official name) or not (the name without .gz).
     required = [(file_name, file_name.removesuffix(".gz")) for file_name in FILE_NAMES]
     paths, folder = locate_or_download(
         name,
-        folders=search_folders(
+        search=plan_search(
             name, data_dir, cache_dir,
             data_dir_subfolders=source.data_dir_subfolders,
             system_folders=source.system_folders,
@@ -113,7 +112,6 @@ def load_idx_dataset(
         resolve=lambda folder: resolve_file_set(folder, required),
         needed=f"{', '.join(FILE_NAMES)} (each also accepted uncompressed, without .gz), all in one folder",
         remote_files=source.remote_files(),
-        cache=cache,
         download=download,
         other_fixes=source.other_fixes,
     )
@@ -124,7 +122,8 @@ def load_idx_dataset(
             f"data set {name!r} in {folder}: train images are {train_x.shape[1:]} but test images are "
             f"{test_x.shape[1:]}; the files come from different data sets"
         )
-    return Dataset.from_pixels(name, (train_x, train_y), (test_x, test_y), N_CLASSES, str(folder),
+    files = tuple(str(paths[file_name]) for file_name in FILE_NAMES)
+    return Dataset.from_pixels(name, (train_x, train_y), (test_x, test_y), N_CLASSES, str(folder), files=files,
                               image_shape=(1, 28, 28))
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import BioPropError
 from .dataset import Dataset
 from .download import RemoteFile
-from .locate import PathLike, cache_folder, locate_or_download, resolve_file_set, search_folders
+from .locate import PathLike, locate_or_download, plan_search, resolve_file_set
 
 NAME = "svhn"
 N_CLASSES = 10
@@ -45,16 +45,16 @@ def load_svhn(
 ) -> Dataset:
     paths, folder = locate_or_download(
         NAME,
-        folders=search_folders(NAME, data_dir, cache_dir),
+        search=plan_search(NAME, data_dir, cache_dir),
         resolve=lambda folder: resolve_file_set(folder, [(file_name,) for file_name in SPLIT_FILES.values()]),
         needed=f"{' and '.join(SPLIT_FILES.values())} (the cropped-digits format), in one folder",
         remote_files=REMOTE_FILES,
-        cache=cache_folder(NAME, cache_dir),
         download=download,
     )
     train_x, train_y = read_svhn_mat(paths[SPLIT_FILES["train"]])
     test_x, test_y = read_svhn_mat(paths[SPLIT_FILES["test"]])
-    return Dataset.from_pixels(NAME, (train_x, train_y), (test_x, test_y), N_CLASSES, str(folder),
+    files = tuple(str(paths[file_name]) for file_name in SPLIT_FILES.values())
+    return Dataset.from_pixels(NAME, (train_x, train_y), (test_x, test_y), N_CLASSES, str(folder), files=files,
                               image_shape=(3, 32, 32))  # reordered to channel, row, column below
 
 

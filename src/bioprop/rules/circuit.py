@@ -130,6 +130,9 @@ class FourSynapseCircuit(LearningRule):
     paper = "Liao et al. 2024 (our reconstruction, docs/circuit.md)"
     option_help = {
         "lr": "eta_W, the learning rate of the upstream weights W (and of W̄_L)",
+        "step_bound": "tau: each level's step is at most tau times the running mean of its size (0: unbounded, "
+                      "the SPEC's rule); keeps an outlier batch from throwing the net off",
+        "step_memory": "beta: the per-step factor of that running mean (0.99: about 100 steps)",
         "ratio": "downstream width / upstream width r (m_l = round(r n_l)): one number, or a comma-separated list "
                  "with one per hidden level ('4,4,2')",
         "downstream_activation": "g of the downstream neurons: identity (the SPEC's), relu, tanh, sigmoid or leaky_relu",
