@@ -3,13 +3,14 @@
     W_l <- W_l - lr * dLoss/dW_l,     b_l <- b_l - lr * dLoss/db_l
 
 This rule is the oracle every other rule is held to: it shares nothing with them but the
-network's forward pass, and its gradients come from autograd, not from our own deltas.
+network's forward pass (for a wrapped module, the user's own `model(x)`), and its gradients
+come from autograd, not from our own deltas. It runs on any bioprop.Network.
 """
 from __future__ import annotations
 
 import torch
 
-from .base import LearningRule, check_batch
+from .base import LearningRule, StepResult, check_batch
 
 
 class BackpropRule(LearningRule):
@@ -27,9 +28,5 @@ class BackpropRule(LearningRule):
             loss = self.loss(output, y)
             gradients = torch.autograd.grad(loss, parameters)
         with torch.no_grad():
-            for parameter, gradient in zip(parameters, gradients):
-                parameter.sub_(self.lr * gradient)
-        info = {"loss": float(loss.detach()), "output": output.detach()}
-        if trace:
-            info["trace"] = []
-        return info
+            torch._foreach_add_(parameters, gradients, alpha=-self.lr)
+        return StepResult(loss=float(loss.detach()), output=output.detach(), trace=[] if trace else None)
