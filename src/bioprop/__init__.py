@@ -29,6 +29,7 @@ _LAZY = {
     "register_activation": "activations",
     "get_loss": "losses",
     "DtypeWarning": "batches",
+    "load_run": "train",
     "MLP": "network",
     "ForwardPass": "network",
     "Network": "network",
@@ -44,6 +45,7 @@ _LAZY = {
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on demand
     from .activations import Activation, get_activation, register_activation
     from .batches import DtypeWarning
+    from .train import load_run
     from .losses import get_loss
     from .network import MLP, ForwardPass, Network
     from .rate_network import RateNetwork
@@ -90,6 +92,7 @@ __all__ = [
     "ElmanRNN",
     "StepResult",
     "wrap",
+    "load_run",
     "RateNetwork",
     "Activation",
     "BioPropError",

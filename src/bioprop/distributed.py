@@ -159,30 +159,45 @@ class Cluster:
         value = torch.tensor([1.0 if flag else 0.0], device=self.device)
         return bool(self.sum(value) > 0)
 
-    def step(self, rule, net, x: Tensor, y: Tensor):
+    def step(self, rule, net, x: Tensor, y: Tensor) -> "DataParallelStep":
         """One data-parallel step of `rule` on the global batch (x, y): see the module docstring.
-        Returns (the rule's result on this shard or None for an empty shard, the shard)."""
+        The batch loss and the count of correct outputs are reduced in the same all-reduce, so
+        every rank sees the global batch's figures (and takes the same decisions on them)."""
         current = self.shard_of(x.shape[0])
-        prepare = getattr(rule, "prepare", None)
-        if prepare is not None:
-            prepare(net)  # lazily drawn state (feedback matrices) exists before the snapshot
-        tensors = [t for t in net.parameters_list()] + list(rule.plastic_tensors())
+        rule.prepare(net)  # lazily drawn state (feedback matrices) exists before the snapshot
+        tensors = list(net.parameters_list()) + list(rule.plastic_tensors())
         before = [t.detach().clone() for t in tensors]
+        weight = current.size / current.total
+        figures = torch.zeros(2, dtype=torch.float64, device=x.device)
         result = None
         if current.size:
+            rows = slice(current.start, current.start + current.size)
             with _holding(current):
-                result = rule.step(net, x[current.start:current.start + current.size],
-                                   y[current.start:current.start + current.size])
-        weight = current.size / current.total
+                result = rule.step(net, x[rows], y[rows])
+            labels = y[rows] if y.ndim == 1 else y[rows].argmax(dim=1)
+            figures[0] = float(result["loss"]) * weight
+            figures[1] = (result["output"].argmax(dim=1) == labels).sum()
         with torch.no_grad():
-            changes = torch.cat([((t.detach() - b) * weight).reshape(-1) for t, b in zip(tensors, before)])
+            changes = torch.cat([((t.detach() - b) * weight).reshape(-1).to(figures.dtype) for t, b in zip(tensors, before)]
+                                + [figures])
             self.sum(changes)
             offset = 0
             for tensor, start in zip(tensors, before):
                 count = start.numel()
-                tensor.copy_(start + changes[offset:offset + count].view_as(start))
+                tensor.copy_(start + changes[offset:offset + count].view_as(start).to(start.dtype))
                 offset += count
-        return result, current
+        return DataParallelStep(result, current, float(changes[-2]), changes[-1])
 
 
-__all__ = ["Cluster", "Shard", "draw_for_batch", "global_batch_size", "shard"]
+@dataclass
+class DataParallelStep:
+    """What one data-parallel step gives every rank: the rule's result on its own shard (None
+    for an empty shard), the shard, and the global batch's loss and correct count."""
+
+    local: object
+    shard: Shard
+    loss: float
+    correct: Tensor
+
+
+__all__ = ["Cluster", "DataParallelStep", "Shard", "draw_for_batch", "global_batch_size", "shard"]

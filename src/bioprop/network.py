@@ -140,6 +140,15 @@ class Network(nn.Module):
         """An independent copy with identical parameters (same dtype and device)."""
         return copy.deepcopy(self)
 
+    def export_state_dict(self) -> dict[str, Tensor]:
+        """The state_dict a user loads the trained network from (run folders' model.pt): the
+        network's own; a wrapped module's is the user's module's."""
+        return self.state_dict()
+
+    def import_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load what export_state_dict() gave."""
+        self.load_state_dict(state)
+
     # -- batches --
     def check_input(self, x: Tensor) -> Tensor:
         """Validate the inputs' shape (raises BioPropError naming the shape expected)."""

@@ -19,6 +19,10 @@ One run is one folder:
     checkpoint.pt   written every epoch: per learner the network's state_dict and the rule's
                     state_dict (a rule keeps its feedback matrices and noise generators there),
                     the shuffling generator, metrics so far, config (and the twin with --compare)
+    model.pt        written every epoch: the trained network's state_dict alone (for a wrapped
+                    module, the user's module's own state_dict), loadable with
+                    torch.load(path, weights_only=True); bioprop.load_run(folder) rebuilds the
+                    network and the rule from the folder
     curves.png      loss and accuracy against epoch, train and test, and the twin's beside
                     them with --compare; written when the run stops (finished, diverged or
                     interrupted)
@@ -29,6 +33,11 @@ One run is one folder:
                     weight layer with bioprop.diagnostics.measure's figures on that step's batch
                     (cos(ΔW, -∇W), the circuit's Theorem-1 error and alignments, ...), plus
                     epoch and step
+
+Data-parallel (torchrun --nproc-per-node N -m bioprop train ...; bioprop.distributed,
+docs/distributed.md): --batch-size is the global batch, every rank takes its shard of each batch
+and the shard-weighted changes are all-reduced, so N processes train what one does; rank 0 alone
+writes the folder and prints.
 
 Every file is written to a temporary file in the run folder and moved into place with
 os.replace, so a crash never leaves a half-written file; the folder itself is only created
@@ -83,13 +92,14 @@ import torch
 import yaml
 
 from .activations import activation_names, get_activation
-from .errors import BioPropError
 from .diagnostics import measure
+from .distributed import Cluster
+from .errors import BioPropError
 from .files import json_safe, write_atomic, write_csv
 from .losses import loss_names
 from .models import MODEL_NAMES, build_model, input_layout, shape_batch
-from .network import INPUT_MAPS, MLP
-from .rules import RULES, make_rule
+from .network import INPUT_MAPS, MLP, Network
+from .rules import RULES, LearningRule, make_rule
 from .runlock import LOCK_NAME, hold_run_lock, releases_run_locks
 from .training import (
     Learner, TrainingDiverged, evaluate, shuffle_generator, shuffle_seed, train_epochs, weight_difference,
@@ -98,8 +108,8 @@ from .training import (
 Tensor = torch.Tensor
 
 CHECKPOINT_FORMAT = "bioprop-train-checkpoint/1"
-RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "checkpoint.pt", "summary.json", "diagnostics.jsonl",
-             "curves.png")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "checkpoint.pt", "model.pt", "summary.json",
+             "diagnostics.jsonl", "curves.png")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEVICES = ("cpu", "cuda", "auto")
 #: Settings that may differ from the stored run on --resume (they do not change the numbers).
@@ -741,10 +751,24 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
     wall_start = time.perf_counter()
     given = _given_settings(config)
     fields, options = split_settings(given, "settings")
+    cluster = None
+    try:
+        if Cluster.launched():  # torchrun started this process as one of several: data-parallel
+            device_name = fields.get("device", _DEFAULTS.device)
+            cluster = Cluster.start(resolve_device(_as_choice("device", device_name, DEVICES)))
+        return _train(given, fields, options, progress, wall_start, cluster)
+    finally:
+        if cluster is not None:
+            cluster.stop()
 
+
+def _train(given: dict[str, Any], fields: dict[str, Any], options: dict[str, Any], progress: bool,
+           wall_start: float, cluster: Cluster | None) -> dict[str, Any]:
+    main = cluster is None or cluster.is_main  # the process that writes the run folder and speaks
     if fields.get("resume") is not None:
         run_dir = Path(os.fspath(fields["resume"]))
-        _lock_run_folder(run_dir, quiet=bool(fields.get("quiet")))
+        if main:
+            _lock_run_folder(run_dir, quiet=bool(fields.get("quiet")))
         checkpoint, stored = _load_run(run_dir)
         config = _resume_config(given, run_dir, {"config": stored} if checkpoint is None else checkpoint)
         done = int(checkpoint["epoch"]) if checkpoint is not None else 0
@@ -757,14 +781,14 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
             config.out = default_out(config)
         _prepare_out(Path(config.out), config.overwrite)
     out = Path(config.out)
-    say = (lambda *a: None) if config.quiet else (lambda text: print(text, flush=True))
+    say = (lambda *a: None) if (config.quiet or not main) else (lambda text: print(text, flush=True))
 
     from .data import load_dataset
 
     dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
     say(f"data: {dataset.describe_source()}")
     _check_fits_data(config, dataset)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device) if cluster is None else cluster.device
     dtype = DTYPES[config.dtype]
     image_shape = _image_shape(config, dataset)
     net = build_model(
@@ -780,11 +804,12 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
     if not isinstance(net, MLP):
         _check_rules_run(config, net, train_x[:2], train_y[:2])
 
-    learner = Learner(net, make_rule(config.rule, **rule_keywords(config, config.rule)), name=config.rule)
+    learner = Learner(net, make_rule(config.rule, **rule_keywords(config, config.rule)), name=config.rule,
+                      cluster=cluster)
     twin = None
     if config.compare is not None:
         twin = Learner(net.clone(), make_rule(config.compare, **rule_keywords(config, config.compare, with_options=False)),
-                       name=f"the twin ({config.compare})")
+                       name=f"the twin ({config.compare})", cluster=cluster)
     shuffle = shuffle_generator(config.seed)
     records: list[dict[str, Any]] = []
     diagnostics: list[dict[str, Any]] = []
@@ -806,6 +831,7 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
         "image_shape": list(image_shape),
         "sizes": list(net.sizes) if isinstance(net, MLP) else None,
         "device": str(device),
+        "processes": 1 if cluster is None else cluster.world_size,
         "rule": learner.rule.options(),
         "compare_rule": twin.rule.options() if twin is not None else None,
         "data": {"n_train": int(dataset.train_y.shape[0]), "n_test": int(dataset.test_y.shape[0]),
@@ -815,6 +841,8 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
     }
 
     if checkpoint is not None and done == config.epochs:
+        if not main:
+            return {}
         try:
             summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):  # stopped between the last checkpoint and the summary
@@ -825,15 +853,18 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
         return summary
 
     config_text = _yaml_text({**stored_config, "resolved": resolved})
+    if cluster is not None:
+        cluster.barrier()  # every rank has passed its checks before rank 0 creates anything
     # Everything is checked: only now does the run folder appear.
-    out.mkdir(parents=True, exist_ok=True)
-    _lock_run_folder(out, quiet=config.quiet)
     resuming = fields.get("resume") is not None  # also a run stopped before its first checkpoint
-    if not resuming:  # again, under the lock: another run may have written here since the first check
-        _prepare_out(out, config.overwrite)
-    if not resuming and config.overwrite:
-        _clear_run_files(out)
-    write_atomic(out / "config.yaml", lambda h: h.write(config_text))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        _lock_run_folder(out, quiet=config.quiet)
+        if not resuming:  # again, under the lock: another run may have written here since the first check
+            _prepare_out(out, config.overwrite)
+        if not resuming and config.overwrite:
+            _clear_run_files(out)
+        write_atomic(out / "config.yaml", lambda h: h.write(config_text))
 
     versus = f" (twin: {config.compare})" if twin is not None else ""
     verb = f"resuming {config.rule}{versus} at epoch {done + 1}" if done else f"training {config.rule}{versus}"
@@ -852,14 +883,18 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
                 learners, train_x, train_y, epochs=config.epochs, batch_size=config.batch_size, shuffle=shuffle,
                 test=(test_x, test_y), first_epoch=done + 1, eval_every=config.eval_every,
                 before_step=measure_diagnostics if config.diagnostics_every else None,
-                progress=progress and not config.quiet,
+                progress=progress and not config.quiet and main,
             ):
                 record = _record(result, learner, twin)
                 say(_epoch_line(record, config))
                 if result.diverged:
-                    _write_curves(out / "curves.png", records, config)
+                    if main:
+                        _write_curves(out / "curves.png", records, config)
                     raise TrainingDiverged(_divergence_message(result, config, out, saved))
                 records.append(record)
+                saved = result.epoch
+                if not main:
+                    continue
                 state = {
                     "format": CHECKPOINT_FORMAT,
                     "epoch": result.epoch,
@@ -872,23 +907,74 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
                     "versions": json_safe(_versions()),
                 }
                 write_atomic(out / "checkpoint.pt", lambda h: torch.save(state, h), binary=True)
-                saved = result.epoch
+                write_atomic(out / "model.pt", lambda h: torch.save(learner.net.export_state_dict(), h), binary=True)
                 _write_metrics(out / "metrics.jsonl", records)
                 write_csv(out / "metrics.csv", [json_safe(r) for r in records])
                 if config.diagnostics_every:
                     _write_metrics(out / "diagnostics.jsonl", diagnostics)
     except KeyboardInterrupt:
+        if not main:
+            raise
         _write_curves(out / "curves.png", records[:saved], config)
         kept = f"epochs 1-{saved} are saved" if saved else "no epoch has finished yet"
         print(f"bioprop train: interrupted during epoch {saved + 1}; {kept} in {out}; continue the run with: "
               f"bioprop train --resume {out}", file=sys.stderr, flush=True)
         raise
 
-    _write_curves(out / "curves.png", records, config)
     summary = _summary(config, records, out, wall_start, learner, twin)
-    _write_json(out / "summary.json", summary)
+    if main:
+        _write_curves(out / "curves.png", records, config)
+        _write_json(out / "summary.json", summary)
     say(_summary_line(summary))
     return summary
+
+
+@dataclass
+class TrainedRun:
+    """A run folder loaded back (`load_run`): the trained network and rule, ready to use."""
+
+    net: Network
+    rule: LearningRule
+    config: TrainConfig
+    epoch: int  # epochs trained
+    metrics: list[dict[str, Any]]
+
+
+def load_run(folder: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedRun:
+    """The network (with model.pt's weights) and the rule (with its state from checkpoint.pt) of a
+    `bioprop train` run folder, rebuilt from its config.yaml, on `device`."""
+    folder = Path(folder)
+    checkpoint, stored = _load_run(folder)
+    if checkpoint is None:
+        raise BioPropError(f"load_run({folder}): the run has not finished an epoch yet; resume it with "
+                           f"`bioprop train --resume {folder}`")
+    try:
+        resolved = (yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}).get("resolved") or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise BioPropError(f"load_run({folder}): cannot read config.yaml ({error})") from None
+    if "image_shape" not in resolved or "data" not in resolved:
+        raise BioPropError(f"load_run({folder}): config.yaml has no resolved image shape; the run was written by an "
+                           "older bioprop: rebuild its network by hand and load checkpoint.pt")
+    fields, options = split_settings(stored, f"load_run({folder})")
+    config = validate(TrainConfig(**{**fields, "device": "cpu", "rule_options": options}))
+    net = build_model(config.model, resolved["image_shape"], int(resolved["data"]["n_classes"]), hidden=config.hidden,
+                      activation=config.activation, bias=config.bias, input_map=config.input_map, init=config.init,
+                      init_scale=config.init_scale, dtype=DTYPES[config.dtype], device=device, seed=config.seed)
+    model_file = folder / "model.pt"
+    try:
+        weights = torch.load(model_file, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        weights = None
+    except Exception as error:  # truncated or foreign: name the file
+        raise BioPropError(f"load_run({folder}): model.pt is truncated or corrupt ({type(error).__name__}); "
+                           "checkpoint.pt holds the same weights under ['learner']['net']") from None
+    if weights is None:  # runs from before model.pt: the checkpoint has the network too
+        net.load_state_dict(checkpoint["learner"]["net"])
+    else:
+        net.import_state_dict(weights)
+    rule = make_rule(config.rule, **rule_keywords(config, config.rule))
+    rule.load_state_dict(checkpoint["learner"]["rule"])
+    return TrainedRun(net, rule, config, int(checkpoint["epoch"]), list(checkpoint["metrics"]))
 
 
 def _load_run(run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any]]:
@@ -1052,6 +1138,8 @@ def _summary_line(summary: dict[str, Any]) -> str:
 
 __all__ = [
     "TrainConfig",
+    "TrainedRun",
+    "load_run",
     "TrainingDiverged",
     "configure_parser",
     "evaluate",

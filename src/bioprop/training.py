@@ -139,19 +139,28 @@ class Learner:
     net: Network
     rule: LearningRule
     name: str = ""
+    #: a torch.distributed job this learner trains in (bioprop.distributed.Cluster), or None
+    cluster: Any = None
     loss_sum: float = 0.0
     batches: int = 0
     seen: int = 0
     correct: Tensor | int = 0
 
-    def step(self, x: Tensor, y: Tensor) -> StepResult:
-        result = self.rule.step(self.net, x, y)
-        self.loss_sum += float(result["loss"])  # rules report the loss as a float already
+    def step(self, x: Tensor, y: Tensor) -> float:
+        """One step of the rule on (x, y); returns the batch loss (data-parallel: the global batch's)."""
+        if self.cluster is not None:
+            combined = self.cluster.step(self.rule, self.net, x, y)
+            loss, correct = combined.loss, combined.correct
+        else:
+            result = self.rule.step(self.net, x, y)
+            loss = float(result["loss"])  # rules report the loss as a float already
+            correct = (result["output"].argmax(dim=1) == y).sum()
+        self.loss_sum += loss
         # the correct count stays a tensor until the epoch ends: no host sync per step
-        self.correct = self.correct + (result["output"].argmax(dim=1) == y).sum()
+        self.correct = self.correct + correct
         self.seen += y.shape[0]
         self.batches += 1
-        return result
+        return loss
 
     def epoch_metrics(self) -> LearnerMetrics:
         metrics = LearnerMetrics(train_loss=self.loss_sum / max(self.batches, 1),
@@ -206,7 +215,7 @@ def train_epochs(
             if before_step is not None:
                 before_step(epoch, (epoch - 1) * len(batches) + batch_index, x, y)
             for number, learner in enumerate(learners):
-                loss = float(learner.step(x, y)["loss"])
+                loss = learner.step(x, y)
                 if not math.isfinite(loss) and divergence is None:
                     divergence = f"the training loss of {_describe(learner, number)} became {loss} at step {batch_index + 1}"
             steps += 1

@@ -110,6 +110,12 @@ class WrappedNetwork(Network):
     def parameters_list(self) -> list[Tensor]:
         return list(self.module.parameters())
 
+    def export_state_dict(self) -> dict[str, Tensor]:
+        return self.module.state_dict()
+
+    def import_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.module.load_state_dict(state)
+
     def parameter_names(self) -> list[str]:
         return [name for name, _ in self.module.named_parameters()]
 
