@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import bioprop
+from bioprop.rules import RULES
 from bioprop.rules.fazil import FullyAutonomousZIL
 
 from conftest import relative_difference
@@ -326,3 +327,45 @@ def test_noise_generator_is_in_the_rule_state(name):
     third = net.clone()
     fresh.step(third, x, y)  # the fresh generator's first draw, not the resumed one's
     assert not all(torch.equal(a, b) for a, b in zip(first.parameters_list(), third.parameters_list()))
+
+
+# -- bioprop verify on conv and recurrent nets --------------------------------------------------
+@pytest.mark.parametrize("rule_name", ["zil", "fazil"])
+@pytest.mark.parametrize("model", ["lenet5", "rnn"])
+def test_verify_passes_on_lenet5_and_rnn_with_their_controls(rule_name, model):
+    from bioprop.verify import verify_rule
+
+    report = verify_rule(rule_name, model=model, batch=4, steps=2)
+    assert report.exact and report.passed and not report.vacuous
+    labels = [control["control"] for control in report.controls]
+    assert len(labels) == len(RULES[rule_name].negative_controls) + (model == "rnn")
+    assert ("shared updates written at once" in labels) == (model == "rnn")
+    assert all(control["diverges"] for control in report.controls)
+
+
+def test_verify_fails_a_rule_with_shared_updates_at_once_on_the_rnn():
+    from bioprop.verify import verify_rule
+
+    report = verify_rule("fazil", {"shared_updates": "immediate"}, model="rnn", batch=4, controls=False)
+    assert report.claims_exactness and not report.exact and not report.passed
+
+
+def test_verify_fails_when_a_control_cannot_break_the_rule(monkeypatch):
+    # on lenet5 nothing is shared, so "shared updates at once" breaks nothing: a control that
+    # does not diverge means a blind check, and verify must fail
+    from bioprop.verify import verify_rule
+
+    blind = (("shared updates at once on a net that shares nothing", {"shared_updates": "immediate"}),)
+    monkeypatch.setattr(RULES["zil"], "negative_controls", blind)
+    report = verify_rule("zil", model="lenet5", batch=4)
+    assert report.exact and not report.passed
+    assert report.controls[0]["diverges"] is False
+
+
+def test_verify_command_takes_a_model(capsys):
+    from bioprop.cli import main
+
+    assert main(["verify", "--rule", "zil", "--model", "rnn", "--batch", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "model rnn" in out and "EXACT" in out and "shared updates written at once" in out
+    assert "rnn.weight_hh_l0" in out

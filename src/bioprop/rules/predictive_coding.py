@@ -72,7 +72,7 @@ import torch
 
 from ..levels import Level, RateContext
 from ..network import Network
-from ..sweeps import pool, write
+from ..sweeps import pool
 from .base import StepResult
 
 Tensor = torch.Tensor
@@ -227,6 +227,14 @@ def shares_slot(net: Network, levels: Sequence[Level]) -> list[bool]:
     return [count > 1 for count in readers]
 
 
+def write_scaled(net: Network, totals: Sequence[Tensor | None], scale: float) -> None:
+    """parameter += (scale * total), in place: the product rounded before the sum, as the
+    MLP-era rules wrote it, so an MLP trains bit for bit as it did (sweeps.write fuses them)."""
+    for parameter, total in zip(net.parameters_list(), totals):
+        if total is not None:
+            parameter.data.add_(scale * total)
+
+
 def write_schedule(net: Network, levels: Sequence[Level], shared_updates: str, unshared_at_once: bool) -> list[bool]:
     """Per parameter: True = write each step's change at once, False = pool it over the
     presentation and write it at the end (module docstring: the shared-parameter decision)."""
@@ -257,13 +265,13 @@ class Plasticity:
             return
         totals = pool(self.net, self.levels, per_level)
         now = [total if at_once else None for total, at_once in zip(totals, self.at_once)]
-        write(self.net, now, self.scale)
+        write_scaled(self.net, now, self.scale)
         for slot, (total, at_once) in enumerate(zip(totals, self.at_once)):
             if total is not None and not at_once:
                 self.pending[slot] = total if self.pending[slot] is None else self.pending[slot] + total
 
     def finish(self) -> None:
-        write(self.net, self.pending, self.scale)
+        write_scaled(self.net, self.pending, self.scale)
         self.pending = [None] * len(self.at_once)
 
 
@@ -432,5 +440,5 @@ __all__ = [
     "DynamicsResult", "ErrorClamp", "FreeOutput", "LossTeacher", "PCState", "Plasticity", "Presented", "ReadByKey",
     "SHARED_UPDATES", "TraceEntry", "ValueClamp", "advance", "clamp_output", "errors_of", "feedforward_state",
     "inference_step", "make_teacher", "noisy_start", "predictions_of", "present", "rates_and_contexts", "rates_of",
-    "shares_slot", "simulate", "write_schedule",
+    "shares_slot", "simulate", "write_scaled", "write_schedule",
 ]
