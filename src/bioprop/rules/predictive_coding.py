@@ -70,6 +70,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..errors import BioPropError
 from ..levels import Level, RateContext
 from ..network import Network
 from ..sweeps import pool
@@ -418,8 +419,6 @@ def noisy_start(state: PCState, sigma: float, generator: torch.Generator | None)
 
 # -- rule plumbing shared by IL, Z-IL and Fa-Z-IL ----------------------------------------------
 def check_shared_updates(value: str) -> str:
-    from ..errors import BioPropError
-
     if value not in SHARED_UPDATES:
         raise BioPropError(f"shared_updates={value!r}: choose 'pooled' (exact) or 'immediate' (the negative control)")
     return value
