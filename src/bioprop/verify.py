@@ -20,7 +20,7 @@ Networks (`--model`): mlp (default; the MLP of `--sizes`), or one of `bioprop.mo
 built by `build_model(name, image_shape, n_classes)` for small images (`--image-shape`, default
 1 8 8) with n_classes = the last of `--sizes` and hidden = the middle ones (the RNN's width is
 the first): lenet5 and cnn-small read (B, C, H, W) images, rnn reads the H rows of an image as a
-sequence of C*W inputs (T = H = 8 levels sharing W_ih, W_hh, b, and the readout). Inputs are
+sequence of C*W inputs (T = H time-step levels sharing W_ih, W_hh, b, then the readout). Inputs are
 seeded Gaussian draws in the net's input shape (`make_batch`), targets as for the MLP. The
 shared-parameter control (shared updates written at once, not pooled) is declared by the rule
 rather than set up here, so every model and every caller of verify_rule gets it where it applies.
