@@ -157,6 +157,18 @@ def test_rnn_relu_with_bias_and_tanh_without(rule_name, options):
         assert divergence(make, rule_name, options, "mse", 4) <= TOLERANCE
 
 
+@pytest.mark.parametrize("make", [lambda: make_wrapped("conv2d-dilated"), lambda: make_rnn(6)], ids=["conv", "rnn"])
+def test_full_dynamics_equals_the_front_bit_for_bit(make):
+    # value nodes held as anchor + offset: at t = k the error node is the arrived feedback itself
+    front, input_shape = make()
+    full = front.clone()
+    x, y = batch_for(front, input_shape, "ce", 4)
+    for _ in range(3):
+        bioprop.make_rule("zil", lr=LR, loss="ce").step(front, x, y)
+        bioprop.make_rule("zil", lr=LR, loss="ce", dynamics="full").step(full, x, y)
+    assert all(torch.equal(a, b) for a, b in zip(front.parameters_list(), full.parameters_list()))
+
+
 def test_shared_updates_do_not_matter_without_shared_parameters():
     make = lambda: make_wrapped("conv2d-overlapping-max")  # noqa: E731
     for rule_name, options in [("zil", {"dynamics": "full"}), ("fazil", {}), ("fazil", {"batch_plasticity": "immediate"})]:

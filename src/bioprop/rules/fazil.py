@@ -73,7 +73,6 @@ from .base import LearningRule, StepResult, check_batch, check_int, check_positi
 from .predictive_coding import (
     FreeOutput,
     Plasticity,
-    PCState,
     ReadByKey,
     ValueClamp,
     advance,
@@ -84,6 +83,7 @@ from .predictive_coding import (
     make_teacher,
     noise_state,
     present,
+    state_at,
     write_schedule,
 )
 
@@ -387,8 +387,8 @@ class FullyAutonomousZIL(LearningRule):
                     gate = self._gate(detector, tally, phase_step=lambda t: t if phase["learning"] else None)
                 else:  # the new input is clamped; the value nodes carry on from the last pair
                     levels = net.levels_for(pair_inputs)
-                    state = PCState(net.input_rates(pair_inputs), state.value_nodes, levels,
-                                    net.side_inputs(pair_inputs, levels))
+                    state = state_at(net.input_rates(pair_inputs), state.value_nodes, levels,
+                                     net.side_inputs(pair_inputs, levels))
                 plasticity = Plasticity(net, state.levels, scale, self._write_schedule(net, state.levels, batch_size))
                 phase["learning"] = False
                 steps, stationary_for = 0, -1

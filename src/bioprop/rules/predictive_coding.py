@@ -146,31 +146,49 @@ def make_teacher(loss, target: Tensor, output: Tensor | None = None, fixed_error
 @dataclass
 class PCState:
     """The PCN for one presentation: clamped input rates r_0, value nodes x_1 .. x_L, and the
-    circuit they live on (the net's levels for this input and their clamped side inputs u_l)."""
+    circuit they live on (the net's levels for this input and their clamped side inputs u_l).
+
+    Each value node is held as x_l = anchor_l + offset_l, the anchor fixed (the feed-forward
+    pass z_l, where the presentation starts) and the offset moved by inference. Same dynamics;
+    the point is round-off: at t = k the level at distance k has mu_l = z_l to the bit, so its
+    error (anchor_l - mu_l) + offset_l is the feedback that arrived, not the difference of two
+    nearly equal numbers (x_l - mu_l loses |z_l| / |delta_l| ulps: 1e-11 relative on a deep
+    sigmoid conv net, where Z-IL's deltas are 1e-5 of z)."""
 
     input_rates: Tensor  # r_0 = x_0, clamped
-    value_nodes: list[Tensor]  # x_1 .. x_L
+    anchors: list[Tensor]
+    offsets: list[Tensor]
     levels: list[Level]
     sides: list[Tensor | None]
 
-    def copy(self) -> "PCState":
-        return PCState(self.input_rates, [x.clone() for x in self.value_nodes], self.levels, self.sides)
+    @property
+    def value_nodes(self) -> list[Tensor]:
+        """x_1 .. x_L."""
+        return [anchor + offset for anchor, offset in zip(self.anchors, self.offsets)]
 
-    def with_values(self, value_nodes: list[Tensor]) -> "PCState":
-        return PCState(self.input_rates, value_nodes, self.levels, self.sides)
+    def copy(self) -> "PCState":
+        return PCState(self.input_rates, self.anchors, [d.clone() for d in self.offsets], self.levels, self.sides)
+
+    def with_offsets(self, offsets: list[Tensor]) -> "PCState":
+        return PCState(self.input_rates, self.anchors, offsets, self.levels, self.sides)
+
+
+def state_at(input_rates: Tensor, value_nodes: list[Tensor], levels: list[Level], sides: list) -> PCState:
+    """A PCN state with value nodes `value_nodes` (the anchors; offsets 0)."""
+    return PCState(input_rates, list(value_nodes), [torch.zeros_like(x) for x in value_nodes], levels, sides)
 
 
 def feedforward_state(net: Network, x: Tensor) -> PCState:
     """The prediction-phase fixpoint (condition C1): value nodes at the feed-forward pass."""
     sweep = net.forward_pass(x)
-    return PCState(sweep.rates[0], list(sweep.preactivations), sweep.levels, sweep.sides)
+    return state_at(sweep.rates[0], sweep.preactivations, sweep.levels, sweep.sides)
 
 
 def rates_and_contexts(state: PCState) -> tuple[list[Tensor], list[RateContext]]:
     """r_0 .. r_{L-1}, and for levels 1 .. L-1 what each rate function's VJP needs at x_l."""
     rates, contexts = [state.input_rates], []
-    for level, x in zip(state.levels[:-1], state.value_nodes[:-1]):
-        r, context = level.rate.forward(x)
+    for level, anchor, offset in zip(state.levels[:-1], state.anchors[:-1], state.offsets[:-1]):
+        r, context = level.rate.forward(anchor + offset)
         rates.append(r)
         contexts.append(context)
     return rates, contexts
@@ -194,22 +212,24 @@ def predictions_of(net: Network, rates: list[Tensor], state: PCState | None = No
 
 def errors_of(state: PCState, predictions: list[Tensor], teacher) -> list[Tensor]:
     """eps_1 .. eps_L; the output's comes from the teacher (or the free output)."""
-    hidden = [x - mu for x, mu in zip(state.value_nodes[:-1], predictions[:-1])]
-    return hidden + [teacher.output_error(state.value_nodes[-1], predictions[-1])]
+    errors = [(anchor - mu) + offset for anchor, offset, mu in zip(state.anchors, state.offsets, predictions)]
+    if not isinstance(teacher, FreeOutput):
+        errors[-1] = teacher.output_error(state.anchors[-1] + state.offsets[-1], predictions[-1])
+    return errors
 
 
 def inference_step(state: PCState, rates: list[Tensor], contexts: list[RateContext], errors: list[Tensor],
                    gamma: float, output_free: bool) -> PCState:
     """x(t+1) from x(t) and eps(t), with the weights as they are at t (module docstring)."""
     levels = state.levels
-    new_values = []
-    for index, (x, eps) in enumerate(zip(state.value_nodes[:-1], errors[:-1])):
+    offsets = []
+    for index, (offset, eps) in enumerate(zip(state.offsets[:-1], errors[:-1])):
         above = levels[index + 1]
         feedback = above.input_vjp(errors[index + 1], rates[index + 1])  # A_{l+1}^T eps_{l+1}
-        new_values.append(x + gamma * (-eps + levels[index].rate.vjp(feedback, contexts[index])))
-    output = state.value_nodes[-1]
-    new_values.append(output - gamma * errors[-1] if output_free else output)
-    return state.with_values(new_values)
+        offsets.append(offset + gamma * (-eps + levels[index].rate.vjp(feedback, contexts[index])))
+    output = state.offsets[-1]
+    offsets.append(output - gamma * errors[-1] if output_free else output)
+    return state.with_offsets(offsets)
 
 
 #: A plasticity gate for one time step: given (t, errors, predictions), a list with one entry
@@ -230,7 +250,8 @@ def shares_slot(net: Network, levels: Sequence[Level]) -> list[bool]:
 
 def write_scaled(net: Network, totals: Sequence[Tensor | None], scale: float) -> None:
     """parameter += (scale * total), in place: the product rounded before the sum, as the
-    MLP-era rules wrote it, so an MLP trains bit for bit as it did (sweeps.write fuses them)."""
+    MLP-era rules wrote it, so Z-IL's front trains an MLP bit for bit as it did (sweeps.write
+    fuses the two roundings)."""
     for parameter, total in zip(net.parameters_list(), totals):
         if total is not None:
             parameter.data.add_(scale * total)
@@ -354,7 +375,8 @@ def simulate(
 
 
 def clamp_output(state: PCState, teacher: ValueClamp) -> PCState:
-    return state.with_values(state.value_nodes[:-1] + [teacher.target])
+    return PCState(state.input_rates, state.anchors[:-1] + [teacher.target],
+                   state.offsets[:-1] + [torch.zeros_like(teacher.target)], state.levels, state.sides)
 
 
 def trace_entry(t: int, state: PCState, errors: list[Tensor], changes: list) -> TraceEntry:
@@ -411,10 +433,10 @@ def noisy_start(state: PCState, sigma: float, generator: torch.Generator | None)
     if sigma == 0:
         return state
     noisy = []
-    for x in state.value_nodes[:-1]:
-        noise = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(dtype=x.dtype, device=x.device)
-        noisy.append(x + sigma * noise)
-    return state.with_values(noisy + [state.value_nodes[-1]])
+    for offset in state.offsets[:-1]:
+        noise = torch.randn(offset.shape, generator=generator, dtype=torch.float64).to(dtype=offset.dtype, device=offset.device)
+        noisy.append(offset + sigma * noise)
+    return state.with_offsets(noisy + [state.offsets[-1]])
 
 
 # -- rule plumbing shared by IL, Z-IL and Fa-Z-IL ----------------------------------------------
@@ -439,5 +461,5 @@ __all__ = [
     "DynamicsResult", "ErrorClamp", "FreeOutput", "LossTeacher", "PCState", "Plasticity", "Presented", "ReadByKey",
     "SHARED_UPDATES", "TraceEntry", "ValueClamp", "advance", "clamp_output", "errors_of", "feedforward_state",
     "inference_step", "make_teacher", "noisy_start", "predictions_of", "present", "rates_and_contexts", "rates_of",
-    "shares_slot", "simulate", "write_scaled", "write_schedule",
+    "shares_slot", "simulate", "state_at", "write_scaled", "write_schedule",
 ]
