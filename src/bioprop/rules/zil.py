@@ -38,7 +38,8 @@ Two equivalent ways to run it:
   parameter VJPs (`sweeps.backward_sweep(forward, -e, scale=gamma)`), pooled per parameter
   (`sweeps.pool`) and written once (`predictive_coding.write_scaled`). The error node is formed as the value-node increment above
   (x_l(k) - mu_l(k) with mu_l(k) = z_l), which is the same number without the round-off of
-  subtracting two nearly equal values.
+  subtracting two nearly equal values (the full dynamics holds x_l as z_l + offset for the same
+  reason, and gives the front's updates bit for bit).
 - dynamics="full": every node of every level evolves at every step (the PCN as simulated by
   `predictive_coding.simulate`); used for traces, whenever a condition is broken, and for
   shared_updates="immediate" on a net that shares parameters. "auto" picks "front" when C1
