@@ -11,8 +11,19 @@ rule that claims exactness passes when every float64 rel <= tolerance (1e-10). N
 controls break one of its conditions on purpose and must *fail* the same check; a control
 that passes means the check cannot see a broken rule, and verify fails. Approximate rules
 (IL) get the figures (cos, rel) without a verdict. Each rule names its own negative controls
-(`negative_controls`). Rules with settling dynamics (`step_cut_columns`: credit) also get the divergence against the number of settling iterations k, which must be
+(`negative_controls`; rules whose exactness needs shared parameters pooled also name
+`shared_parameter_controls`, run when the net shares parameters between levels, e.g. an RNN).
+Rules with settling dynamics (`step_cut_columns`: credit) also get the divergence against the number of settling iterations k, which must be
 exact from the derived count on and not before.
+
+Networks (`--model`): mlp (default; the MLP of `--sizes`), or one of `bioprop.models`' nets
+built by `build_model(name, image_shape, n_classes)` for small images (`--image-shape`, default
+1 8 8) with n_classes = the last of `--sizes` and hidden = the middle ones (the RNN's width is
+the first): lenet5 and cnn-small read (B, C, H, W) images, rnn reads the H rows of an image as a
+sequence of C*W inputs (T = H time-step levels sharing W_ih, W_hh, b, then the readout). Inputs are
+seeded Gaussian draws in the net's input shape (`make_batch`), targets as for the MLP. The
+shared-parameter control (shared updates written at once, not pooled) is declared by the rule
+rather than set up here, so every model and every caller of verify_rule gets it where it applies.
 """
 from __future__ import annotations
 
@@ -24,7 +35,8 @@ import torch
 
 from .devices import DEVICES, HELP as DEVICE_HELP, resolve_device
 from .errors import BioPropError
-from .network import MLP
+from .models import MODEL_NAMES, build_model, input_layout
+from .network import MLP, Network
 from .rules import make_rule
 
 EXACT_TOLERANCE = 1e-10
@@ -94,16 +106,35 @@ def _parameter_names(net: MLP) -> list[str]:
     return names
 
 
-def make_batch(sizes, loss: str, batch: int, seed: int, dtype=torch.float64):
-    """A reproducible random batch: Gaussian inputs; Gaussian targets (mse) or one-hot labels (ce)."""
+def make_batch(sizes, loss: str, batch: int, seed: int, dtype=torch.float64, input_shape=None):
+    """A reproducible random batch: Gaussian inputs of shape (batch, *input_shape) (default
+    (batch, sizes[0])); Gaussian targets (mse) or one-hot labels (ce) for sizes[-1] outputs."""
     generator = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(batch, sizes[0], generator=generator, dtype=torch.float64)
+    x = torch.randn(batch, *(input_shape or (sizes[0],)), generator=generator, dtype=torch.float64)
     if loss == "ce":
         labels = torch.randint(0, sizes[-1], (batch,), generator=generator)
         y = torch.nn.functional.one_hot(labels, sizes[-1]).to(torch.float64)
     else:
         y = torch.randn(batch, sizes[-1], generator=generator, dtype=torch.float64)
     return x.to(dtype), y.to(dtype)
+
+
+def build_net(sizes, activation="sigmoid", bias=True, input_map="identity", seed=0, model="mlp",
+              image_shape=(1, 8, 8), dtype=torch.float64, device="cpu") -> tuple[Network, tuple]:
+    """verify's network and the shape of one input: the MLP of `sizes`, or `model` built for
+    images of `image_shape` with sizes[-1] classes and hidden widths sizes[1:-1]."""
+    if model == "mlp":
+        return MLP(sizes, activation=activation, bias=bias, input_map=input_map, dtype=dtype, device=device,
+                   seed=seed), (sizes[0],)
+    if model not in MODEL_NAMES:
+        raise BioPropError(f"--model {model!r}: verify takes one of {', '.join(MODEL_NAMES)}")
+    hidden = list(sizes[1:-1]) or [64]
+    net = build_model(model, image_shape, sizes[-1], hidden=hidden, activation=activation, bias=bias,
+                      input_map=input_map, dtype=dtype, device=device, seed=seed)
+    channels, height, width = image_shape
+    layout = input_layout(model, net)
+    shape = {"flat": (channels * height * width,), "image": tuple(image_shape), "rows": (height, channels * width)}[layout]
+    return net, shape
 
 
 def compare_updates(
@@ -119,12 +150,14 @@ def compare_updates(
     lr=0.1,
     input_map="identity",
     dtype=torch.float64,
+    model="mlp",
+    image_shape=(1, 8, 8),
     device="cpu",
 ) -> Comparison:
     """Train a rule and BP side by side from one initialisation; compare their weight changes."""
-    net = MLP(sizes, activation=activation, bias=bias, input_map=input_map, dtype=dtype, device=device, seed=seed)
+    net, input_shape = build_net(sizes, activation, bias, input_map, seed, model, image_shape, dtype, device)
     oracle_net = net.clone()
-    x, y = make_batch(sizes, loss, batch, seed, dtype)
+    x, y = make_batch(sizes, loss, batch, seed, dtype, input_shape)
     rule = make_rule(rule_name, lr=lr, loss=loss, **rule_options)
     oracle = make_rule("bp", lr=lr, loss=loss)
     start = [p.detach().clone() for p in net.parameters_list()]
@@ -132,7 +165,8 @@ def compare_updates(
         rule.step(net, x, y)
         oracle.step(oracle_net, x, y)
     layers = []
-    for name, p0, p_rule, p_bp in zip(_parameter_names(net), start, net.parameters_list(), oracle_net.parameters_list()):
+    names = _parameter_names(net) if model == "mlp" else net.parameter_names()
+    for name, p0, p_rule, p_bp in zip(names, start, net.parameters_list(), oracle_net.parameters_list()):
         d_rule = (p_rule.detach() - p0).double()
         d_bp = (p_bp.detach() - p0).double()
         diff = d_rule - d_bp
@@ -147,7 +181,7 @@ def verify_rule(
     rule_name: str,
     rule_options: dict | None = None,
     sizes=(20, 16, 12, 10),
-    activation="sigmoid",
+    activation=None,
     bias=True,
     loss="mse",
     batch=32,
@@ -156,42 +190,63 @@ def verify_rule(
     lr=0.1,
     input_map="identity",
     controls=True,
+    model="mlp",
+    image_shape=(1, 8, 8),
     device="cpu",
 ) -> VerifyReport:
-    """Compare `rule_name` with BP in float64 and float32; run its negative controls."""
+    """Compare `rule_name` with BP in float64 and float32 on `model` (see the module
+    docstring); run its negative controls (and its shared-parameter controls where the net
+    shares parameters between levels)."""
     if rule_name == "bp":
         raise BioPropError("--rule bp: bp is the oracle itself; verify a rule against it, e.g. --rule zil")
     rule_options = dict(rule_options or {})
     sizes = list(sizes)
+    if activation is None:
+        activation = "tanh" if model == "rnn" else "sigmoid"
     probe = make_rule(rule_name, lr=lr, loss=loss, **rule_options)  # validates the options
     setup = dict(sizes=sizes, activation=activation, bias=bias, loss=loss, batch=batch, seed=seed, steps=steps, lr=lr, input_map=input_map,
                  device=str(device))
-    comparisons = [compare_updates(rule_name, rule_options, dtype=dtype, **setup) for dtype in (torch.float64, torch.float32)]
+    if model != "mlp":
+        setup.update(model=model, image_shape=tuple(int(n) for n in image_shape))
+    net, input_shape = build_net(sizes, activation, bias, input_map, seed, model, setup.get("image_shape", image_shape))
+    levels = net.levels_for(torch.zeros(1, *input_shape, dtype=net.dtype))
+    n_levels = len(levels)
+    if model != "mlp":
+        setup.update(levels=n_levels, network=net.describe())
+    comparisons = [compare_updates(rule_name, rule_options, dtype=dtype, **_run_setup(setup)) for dtype in (torch.float64, torch.float32)]
     report = VerifyReport(rule_name, probe.options(), setup, bool(probe.claims_exactness), comparisons)
-    if controls and report.claims_exactness and len(sizes) > 2:
+    if controls and report.claims_exactness and n_levels > 1:
         # a control breaks one condition; the shortcut dynamics refuses broken conditions, so drop it
         base_options = {k: v for k, v in rule_options.items() if k != "dynamics"}
-        for label, broken in probe.negative_controls:
-            broken = broken(len(sizes) - 1) if callable(broken) else broken
-            result = compare_updates(rule_name, {**base_options, **broken}, dtype=torch.float64, **setup)
+        negative_controls = tuple(probe.negative_controls)
+        if net.shares_parameters(net.parameter_slots(levels)):
+            negative_controls += tuple(getattr(probe, "shared_parameter_controls", ()))
+        for label, broken in negative_controls:
+            broken = broken(n_levels) if callable(broken) else broken
+            result = compare_updates(rule_name, {**base_options, **broken}, dtype=torch.float64, **_run_setup(setup))
             report.controls.append(
                 {"control": label, "options": broken, "max_rel": result.max_rel, "diverges": result.max_rel > EXACT_TOLERANCE}
             )
-        columns = probe.step_cut_columns(len(sizes) - 1)
+        columns = probe.step_cut_columns(n_levels)
         if columns:
-            report.step_cuts = step_cut_table(columns, rule_name, base_options, setup)
+            report.step_cuts = step_cut_table(columns, rule_name, base_options, setup, n_levels)
     return report
 
 
-def step_cut_table(columns: dict, rule_name: str, rule_options: dict, setup: dict) -> dict:
+def _run_setup(setup: dict) -> dict:
+    """The setup's entries that compare_updates takes (the rest describe the net for the report)."""
+    return {key: value for key, value in setup.items() if key not in ("levels", "network")}
+
+
+def step_cut_table(columns: dict, rule_name: str, rule_options: dict, setup: dict, n_levels: int | None = None) -> dict:
     """float64 max rel against BP with settling limited to k = 1 .. L+1 iterations, per column;
     as_derived: every cell is exact exactly when k reaches the column's derived count."""
-    n_layers = len(setup["sizes"]) - 1
+    n_layers = len(setup["sizes"]) - 1 if n_levels is None else n_levels
     rows, as_derived = [], True
     for k in range(1, n_layers + 2):
         row = {"k": k}
         for column, (cut, needed) in columns.items():
-            result = compare_updates(rule_name, {**rule_options, **cut(k)}, dtype=torch.float64, **setup)
+            result = compare_updates(rule_name, {**rule_options, **cut(k)}, dtype=torch.float64, **_run_setup(setup))
             row[column] = result.max_rel
             as_derived &= (result.max_rel <= EXACT_TOLERANCE) == (k >= needed)
         rows.append(row)
@@ -200,16 +255,22 @@ def step_cut_table(columns: dict, rule_name: str, rule_options: dict, setup: dic
 
 def format_report(report: VerifyReport) -> str:
     s = report.setup
+    if "model" in s:
+        network = (f"  model {s['model']} for images {tuple(s['image_shape'])}: {s['network']}, {s['levels']} levels, "
+                   f"{s['activation']}, loss={s['loss']}, batch {s['batch']}, {s['steps']} step(s), lr {s['lr']}, seed {s['seed']}")
+    else:
+        network = (f"  sizes {s['sizes']}, {s['activation']}, bias={s['bias']}, loss={s['loss']}, batch {s['batch']}, "
+                   f"{s['steps']} step(s), lr {s['lr']}, seed {s['seed']}, input_map={s['input_map']}")
+    width = max([6] + [len(layer.parameter) for layer in report.comparisons[0].layers])
     lines = [
         f"rule {report.rule} vs bp (autograd SGD), same initial weights and batch",
-        f"  sizes {s['sizes']}, {s['activation']}, bias={s['bias']}, loss={s['loss']}, batch {s['batch']}, "
-        f"{s['steps']} step(s), lr {s['lr']}, seed {s['seed']}, input_map={s['input_map']}",
+        network,
         f"  options: {report.options}",
         "",
-        f"  {'param':<6}" + "".join(f"{c.dtype + ' max|d|':>18}{'rel':>11}{'cos':>12}" for c in report.comparisons),
+        f"  {'param':<{width}}" + "".join(f"{c.dtype + ' max|d|':>18}{'rel':>11}{'cos':>12}" for c in report.comparisons),
     ]
     for index, name in enumerate(c.parameter for c in report.comparisons[0].layers):
-        row = f"  {name:<6}"
+        row = f"  {name:<{width}}"
         for comparison in report.comparisons:
             layer = comparison.layers[index]
             row += f"{layer.max_abs:>18.3e}{layer.rel:>11.2e}{layer.cos:>12.8f}"
@@ -218,7 +279,7 @@ def format_report(report: VerifyReport) -> str:
     float64 = next(c for c in report.comparisons if c.dtype == "float64")
     if report.vacuous:
         lines.append(f"  note: BP's update of {', '.join(report.vacuous)} is exactly 0 (e.g. dead ReLUs): those rows compare nothing")
-    if report.claims_exactness and len(report.setup["sizes"]) == 2:
+    if report.claims_exactness and "model" not in report.setup and len(report.setup["sizes"]) == 2:
         lines.append("  note: no hidden layer, so the negative controls (which break inference conditions) do not apply")
     if report.claims_exactness:
         verdict = "EXACT" if report.exact else "NOT EXACT"
@@ -276,9 +337,15 @@ def _parse_value(text: str):
 def configure_parser(parser) -> None:
     parser.add_argument("--rule", required=True, metavar="RULE",
                         help="rule to hold to autograd BP (e.g. zil, fazil, credit, il; `bioprop rules` lists them)")
+    parser.add_argument("--model", default="mlp", choices=list(MODEL_NAMES),
+                        help="network: mlp (of --sizes), or lenet5 / cnn-small / rnn for --image-shape images (default mlp)")
+    parser.add_argument("--image-shape", type=int, nargs=3, default=[1, 8, 8], metavar=("C", "H", "W"),
+                        help="images for --model lenet5, cnn-small, rnn (rnn: H steps of C*W inputs); default 1 8 8")
     parser.add_argument("--sizes", type=int, nargs="+", default=[20, 16, 12, 10], metavar="N",
-                        help="layer widths, input first (default: 20 16 12 10)")
-    parser.add_argument("--activation", default="sigmoid", metavar="F", help="hidden activation f (default: sigmoid)")
+                        help="layer widths, input first (default: 20 16 12 10; other models: the last is the number of "
+                             "classes, the middle the hidden widths)")
+    parser.add_argument("--activation", default=None, metavar="F",
+                        help="hidden activation f (default: sigmoid; tanh for --model rnn)")
     parser.add_argument("--no-bias", dest="bias", action="store_false", help="layers without biases")
     parser.add_argument("--loss", default="mse", choices=["mse", "ce"],
                         help="mse on Gaussian targets or ce (softmax cross-entropy) on random labels (default: mse)")
@@ -313,6 +380,8 @@ def run(args) -> int:
         lr=args.lr,
         input_map=args.input_map,
         controls=args.controls,
+        model=args.model,
+        image_shape=tuple(args.image_shape),
         device=resolve_device(args.device),
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))

@@ -1,12 +1,16 @@
-"""Fully autonomous Z-IL (Fa-Z-IL), Algorithm 2 of Song, Lukasiewicz, Xu & Bogacz 2020.
+"""Fully autonomous Z-IL (Fa-Z-IL), Algorithm 2 of Song, Lukasiewicz, Xu & Bogacz 2020, on any
+chain of levels (SPEC.md 1b; the PCN and its notation map are in `predictive_coding.py`).
 
-Inference and plasticity run at every step, in every layer, with one rule and no schedule:
+Inference and plasticity run at every step, in every level, with one rule and no schedule:
 
-    x_l <- x_l + gamma * ( -eps_l + f'(x_l) * (W_{l+1}^T eps_{l+1}) )           (gamma = 1, C3)
-    W_l[i, :] <- W_l[i, :] + alpha * phi_{l,i}(t) * eps_{l,i} f(x_{l-1})^T       (per sample, batch mean)
+    x_l <- x_l + gamma * ( -eps_l + G_l^T [ A_{l+1}^T eps_{l+1} ] )                  (gamma = 1, C3)
+    theta_l <- theta_l + alpha / B * parameter_vjp_l(phi_l(t) * eps_l, r_{l-1}, u_l)  (batch mean)
 
+(for an MLP: f'(x_l) * (W_{l+1}^T eps_{l+1}) and W_l[i, :] += alpha * phi_{l,i} eps_{l,i} f(x_{l-1})^T).
 Each neuron's learning rate is gated by phi, a function of its own error node's history
-(our definition; the paper's formula was lost from our copy, see docs/rules.md):
+(our definition; the paper's formula was lost from our copy, see docs/rules.md). phi_l is a
+tensor of level l's shape (one gate per entry of z_l: per unit of a Linear level, per channel
+and position of a conv level, per hidden unit of an RNN time step):
 
     phi_{l,i}(t) = 1  iff   eps_{l,i}(t) != eps_{l,i}(t-1)                       (it changes now)
                       and   eps_{l,i}(t-1) = ... = eps_{l,i}(t-t_d)             (after t_d constant steps)
@@ -21,29 +25,41 @@ exactness: a neuron whose BP delta is below the resolution loses an update of th
 
 The last clause is how a neuron tells feedback from feed-forward drive locally: its error
 node has two inputs, its value node (moved by top-down feedback, or by the teacher at the
-output) and the prediction mu from the layer below. A change with an unchanged prediction came
-from above. Under C1 the first change of layer L-k's error is at t = k (Lemma A3 of the
+output) and the prediction mu from the level below. A change with an unchanged prediction came
+from above. Under C1 the first change of level L-k's error is at t = k (Lemma A3 of the
 paper), so Fa-Z-IL performs Z-IL's updates exactly at Z-IL's times: **exactness** against
-autograd is tested in float64. When BP's delta of a neuron is exactly 0 the detection misses,
-which is harmless (the update would be 0).
+autograd is tested in float64 (MLPs, wrapped conv nets, Elman RNNs). When BP's delta of a
+neuron is exactly 0 the detection misses, which is harmless (the update would be 0).
 
-Mini-batches (nothing in the paper covers them): a batch of B pairs is B copies of the
-circuit sharing one set of synapses. With batch_plasticity="pooled" (the default for B > 1)
-each copy's gated changes are summed over the presentation and written to the shared
-synapses when it ends, as mini-batch SGD does. With "immediate" (Algorithm 2 literally; the
-default for B = 1) a change is written the moment phi fires, so copies see each other's
-changes during the presentation: with ReLU a neuron whose BP delta is exactly 0 can then
-see its feedback move one step late, when another copy's update changed the layer above,
-and fire spuriously (measured in tests/test_fazil.py). "auto" picks between them by B.
+When changes are written. Mini-batches (nothing in the paper covers them): a batch of B pairs
+is B copies of the circuit sharing one set of synapses. With batch_plasticity="pooled" each
+copy's gated changes are summed over the presentation and written to the shared synapses when
+it ends, as mini-batch SGD does. With "immediate" (Algorithm 2 literally) a change is written
+the moment phi fires, so copies see each other's changes during the presentation: with ReLU a
+neuron whose BP delta is exactly 0 can then see its feedback move one step late, when another
+copy's update changed the level above, and fire spuriously (measured in tests/test_fazil.py).
+"auto" (default) picks "pooled" when B > 1 or when the net shares parameters between levels,
+"immediate" otherwise. A parameter shared by several levels (an unrolled RNN's W_ih, W_hh, b)
+follows shared_updates instead: "pooled" (default; exact: BPTT's update) or "immediate" (each
+level's change written when its phi fires, so later levels predict through changed weights: the
+negative control). batch_plasticity governs the parameters read by one level only; see
+`predictive_coding.py` for the shared-parameter decision and why.
 
 `step(net, x, y)` presents one batch whose prediction phase has converged (C1 holds and every
 error node has been at rest for at least t_d steps) and runs n_steps steps (default L, the
-time the feedback front needs to reach layer 1). Because that assumed history is at rest
+time the feedback front needs to reach level 1). Because that assumed history is at rest
 since long ago, t_d has no effect in step(): every value gives the same updates. t_d matters
-in stream(), where the history is real (tests/test_fazil.py tests both sides of it). `stream(net, inputs, targets)` is the
-autonomous mode: pairs are presented in turn, input first (prediction phase, until the
-network is stationary plus `hold_steps`), then the teacher for `learning_steps` steps, with
-the same dynamics and gate running throughout; it counts detection successes and failures.
+in stream(), where the history is real (tests/test_fazil.py tests both sides of it).
+`stream(net, inputs, targets)` is the autonomous mode on any Network (inputs in the net's
+input shape): pairs are presented in turn, input first (prediction phase, until the network is
+stationary plus `hold_steps`), then the teacher for `learning_steps` steps, with the same
+dynamics and gate running throughout; it counts detection successes and failures. The
+prediction phase is gradient descent on the energy with step gamma = 1; it settles (for an MLP
+of small weights, in a few dozen steps) only when the level-to-level Jacobians are small enough,
+and oscillates otherwise (measured: an Elman RNN 3-4-3 at its default init never settles; with
+W_hh and the readout halved it settles in about 40 steps and the stream equals BPTT). A phase
+that does not settle within max_prediction_steps breaks C1 for that pair: the result counts it
+(unconverged_prediction_phases). The init-noise generator is in state_dict().
 """
 from __future__ import annotations
 
@@ -52,18 +68,23 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import BioPropError
-from .base import LearningRule, check_batch, check_int, check_positive
+from ..network import Network
+from .base import LearningRule, StepResult, check_batch, check_int, check_positive
 from .predictive_coding import (
     FreeOutput,
-    PCState,
+    Plasticity,
+    ReadByKey,
     ValueClamp,
-    add_changes,
     advance,
-    apply_changes,
+    check_shared_updates,
     clamp_output,
     feedforward_state,
+    load_noise_state,
     make_teacher,
+    noise_state,
     present,
+    state_at,
+    write_schedule,
 )
 
 Tensor = torch.Tensor
@@ -73,7 +94,8 @@ _LONG_AGO = 2**30
 
 
 class ChangeDetector:
-    """phi for every neuron of every layer, from its own error node's history.
+    """phi for every neuron of every level, from its own error node's history (tensors of each
+    level's shape).
 
     run[l] counts how many consecutive values of eps_l, ending at the previous step, were
     equal (within change_tol); prediction[l] is the previous step's mu_l.
@@ -93,7 +115,7 @@ class ChangeDetector:
         self.run = [torch.full(e.shape, _LONG_AGO, dtype=torch.long, device=e.device) for e in errors]
 
     def __call__(self, errors: list[Tensor], predictions: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        """(phi, changed) per layer, both (B, n_l) bool; then the history moves on one step."""
+        """(phi, changed) per level, both bool of the level's shape; then the history moves on one step."""
         if self.previous_error is None:
             self.assume_at_rest(errors, predictions)
         phi, changed = [], []
@@ -110,8 +132,22 @@ class ChangeDetector:
 
 
 @dataclass
+class Detection(ReadByKey):
+    """Detection outcomes of one or more presentations (DetectionTally's counts; per_layer:
+    the same counts per level, output last)."""
+
+    success: int
+    missed: int
+    harmless_miss: int
+    spurious: int
+    success_rate: float
+    strict_success_rate: float
+    per_layer: dict
+
+
+@dataclass
 class DetectionTally:
-    """Per layer: how each (sample, neuron) fared in each presentation of a training pair.
+    """Per level: how each (sample, neuron) fared in each presentation of a training pair.
 
     success: phi fired exactly at its layer's step (t = L - l of the learning phase) and never
     elsewhere; missed: it did not fire there although its error changed there (a lost update);
@@ -162,30 +198,55 @@ class DetectionTally:
             self.harmless[index] += int((~fired & ~changed & clean).sum())
         self._reset_presentation()
 
-    def summary(self) -> dict:
+    def summary(self) -> Detection:
         success, missed, harmless, spurious = (sum(c) for c in (self.success, self.missed, self.harmless, self.spurious))
         total = success + missed + harmless + spurious
         decided = success + missed + spurious
-        return {
-            "success": success,
-            "missed": missed,
-            "harmless_miss": harmless,
-            "spurious": spurious,
-            "success_rate": success / decided if decided else float("nan"),
-            "strict_success_rate": success / total if total else float("nan"),
-            "per_layer": {
+        return Detection(
+            success=success,
+            missed=missed,
+            harmless_miss=harmless,
+            spurious=spurious,
+            success_rate=success / decided if decided else float("nan"),
+            strict_success_rate=success / total if total else float("nan"),
+            per_layer={
                 "success": list(self.success),
                 "missed": list(self.missed),
                 "harmless_miss": list(self.harmless),
                 "spurious": list(self.spurious),
             },
-        }
+        )
+
+
+@dataclass
+class FaZILResult(StepResult):
+    """Fa-Z-IL's step: loss and output before the update, the inference steps run, and how the
+    gate phi fared (Detection)."""
+
+    n_inference_steps: int = 0
+    detection: Detection | None = None
+
+
+@dataclass
+class StreamResult(ReadByKey):
+    """Fa-Z-IL's stream(): presentations and pairs learnt, the mean loss at the teacher's onset,
+    the mean prediction-phase length, how many prediction phases did not become stationary
+    (C1 broken), and the detection outcomes."""
+
+    presentations: int
+    pairs: int
+    mean_loss: float
+    mean_prediction_steps: float
+    unconverged_prediction_phases: int
+    detection: Detection
 
 
 class FullyAutonomousZIL(LearningRule):
     name = "fazil"
     paper = "Song et al. 2020, Alg. 2"
     option_help = {
+        "shared_updates": "parameters shared by several levels (an unrolled RNN): 'pooled' sums their changes over the "
+                          "presentation and writes them at its end (exact BPTT); 'immediate' writes each at its own step",
         "t_d": "steps an error node must stay constant before a change opens its plasticity gate phi; "
                "matters in stream() only (a step() assumes a long-still prediction phase)",
         "n_steps": "learning-phase inference steps per step() (None: L, the time the feedback front needs to reach layer 1)",
@@ -202,6 +263,8 @@ class FullyAutonomousZIL(LearningRule):
         ("C3 broken: gamma=0.99999", {"gamma": 0.99999}),
         ("C1 broken: noisy start, sigma=1e-3", {"init_noise": 1e-3}),
     )
+    #: run by `bioprop verify` as well when the net shares parameters between levels (an RNN)
+    shared_parameter_controls = (("shared updates written at once", {"shared_updates": "immediate"}),)
     benchmark_cases = {"fazil": {}}
 
     def __init__(
@@ -215,6 +278,7 @@ class FullyAutonomousZIL(LearningRule):
         init_noise=0.0,
         batch_plasticity="auto",
         seed=0,
+        shared_updates="pooled",
     ):
         super().__init__(lr, loss)
         self.t_d = check_int("t_d", t_d, 1)
@@ -225,11 +289,22 @@ class FullyAutonomousZIL(LearningRule):
         if batch_plasticity not in ("auto", "pooled", "immediate"):
             raise BioPropError(f"batch_plasticity={batch_plasticity!r}: choose 'auto', 'pooled' or 'immediate'")
         self.batch_plasticity = batch_plasticity
+        self.shared_updates = check_shared_updates(shared_updates)
         self.seed = seed
         self._noise = torch.Generator().manual_seed(seed)
 
-    def _pooled(self, batch: int) -> bool:
-        return self.batch_plasticity == "pooled" or (self.batch_plasticity == "auto" and batch > 1)
+    def _pooled(self, batch: int, shares_parameters: bool) -> bool:
+        """Whether changes to parameters read by one level wait for the presentation's end (in a
+        data-parallel step `batch` counts the global batch: its shards are one batch's copies)."""
+        if self.batch_plasticity == "auto":
+            from ..distributed import global_batch_size
+
+            return global_batch_size(batch) > 1 or shares_parameters
+        return self.batch_plasticity == "pooled"
+
+    def _write_schedule(self, net: Network, levels, batch: int) -> list[bool]:
+        shares = net.shares_parameters(net.parameter_slots(levels))
+        return write_schedule(net, levels, self.shared_updates, not self._pooled(batch, shares))
 
     def options(self):
         return {
@@ -241,7 +316,14 @@ class FullyAutonomousZIL(LearningRule):
             "init_noise": self.init_noise,
             "batch_plasticity": self.batch_plasticity,
             "seed": self.seed,
+            "shared_updates": self.shared_updates,
         }
+
+    def state_dict(self):
+        return noise_state(self._noise)
+
+    def load_state_dict(self, state):
+        load_noise_state(self._noise, state)
 
     def _resolution(self, net) -> float:
         if self.change_tol is not None:
@@ -249,7 +331,7 @@ class FullyAutonomousZIL(LearningRule):
         return 1024 * torch.finfo(net.dtype).eps
 
     def _gate(self, detector: ChangeDetector, tally: DetectionTally, phase_step):
-        """The plasticity gate: phi as a float mask, layers where no neuron fires skipped."""
+        """The plasticity gate: phi as a float mask, levels where no neuron fires skipped."""
 
         def gate(t, errors, predictions):
             phi, changed = detector(errors, predictions)
@@ -259,16 +341,21 @@ class FullyAutonomousZIL(LearningRule):
         return gate
 
     def _step(self, net, x, y, trace):
+        levels = net.levels_for(x)
+        n_levels = len(levels)
         detector = ChangeDetector(self.t_d, self._resolution(net))
-        tally = DetectionTally(net.n_layers)
+        tally = DetectionTally(n_levels)
         gate = self._gate(detector, tally, phase_step=lambda t: t)
-        n_steps = self.n_steps or net.n_layers
-        info = present(
+        n_steps = self.n_steps or n_levels
+        presented = present(
             net, x, y, self.loss, gamma=self.gamma, n_steps=n_steps, lr=self.lr, gate=gate,
-            init_noise=self.init_noise, noise=self._noise, record=trace, pool_changes=self._pooled(x.shape[0]),
+            shared_updates=self.shared_updates,
+            unshared_at_once=not self._pooled(x.shape[0], net.shares_parameters(net.parameter_slots(levels))),
+            init_noise=self.init_noise, noise=self._noise, record=trace,
         )
         tally.close_presentation()
-        return {**info, "n_inference_steps": n_steps - 1, "detection": tally.summary()}
+        return FaZILResult(presented.loss, presented.output, presented.trace, n_inference_steps=n_steps - 1,
+                           detection=tally.summary())
 
     def stream(
         self,
@@ -279,49 +366,54 @@ class FullyAutonomousZIL(LearningRule):
         learning_steps: int | None = None,
         hold_steps: int = 16,
         max_prediction_steps: int = 1000,
-    ) -> dict:
-        """Learn from a stream of training pairs with no external trigger.
+    ) -> StreamResult:
+        """Learn from a stream of training pairs with no external trigger, on any Network.
 
+        inputs: (N, ...) in the net's input shape ((N, n_0) for an MLP, (N, C, H, W) for a 2-d
+        conv net, (N, T, n_in) for an ElmanRNN); targets (N, n_out) or (N,) labels.
         For each pair (batch_size independent streams side by side, sharing the weights):
         the input is presented with the output free until the whole network is stationary
         (no value node moves by more than change_tol * (1 + |x|) in a step), then for
-        `hold_steps` more steps (at most max_prediction_steps in all); then the teacher arrives for `learning_steps` steps
-        (default L). Inference and plasticity with the gate phi run throughout, across pairs.
-        Returns counts of detection outcomes, the mean loss at the teacher's onset, and how
-        many prediction phases failed to become stationary (C1 broken).
+        `hold_steps` more steps (at most max_prediction_steps in all); then the teacher arrives
+        for `learning_steps` steps (default L, the number of levels). Inference and plasticity
+        with the gate phi run throughout, across pairs; pooled changes are written at the end of
+        each pair's presentation.
         """
         inputs, targets = check_batch(net, inputs, targets)
         batch_size = check_int("batch_size", batch_size, 1)
         hold_steps = check_int("hold_steps", hold_steps, 0)
         max_prediction_steps = check_int("max_prediction_steps", max_prediction_steps, 1)
-        learning_steps = net.n_layers if learning_steps is None else check_int("learning_steps", learning_steps, 1)
+        if learning_steps is not None:
+            learning_steps = check_int("learning_steps", learning_steps, 1)
         n_presentations = inputs.shape[0] // batch_size
         if n_presentations == 0:
             raise BioPropError(f"batch_size={batch_size}: larger than the {inputs.shape[0]} pairs given")
         detector = ChangeDetector(self.t_d, self._resolution(net))
-        tally = DetectionTally(net.n_layers)
+        tally: DetectionTally | None = None
         phase = {"learning": False}
-        gate = self._gate(detector, tally, phase_step=lambda t: t if phase["learning"] else None)
         free = FreeOutput()
         state = None
         losses, prediction_lengths, unconverged = [], [], 0
-        pooled = self._pooled(batch_size)
+        scale = self.lr / batch_size
         with torch.no_grad():
             for p in range(n_presentations):
-                changes: list = [None] * net.n_layers
                 chunk = slice(p * batch_size, (p + 1) * batch_size)
-                input_rates = net.input_rates(inputs[chunk])
+                pair_inputs = inputs[chunk]
                 if state is None:  # the stream starts at rest on its first input
-                    state = feedforward_state(net, inputs[chunk])
-                state = PCState(input_rates, state.value_nodes)
+                    state = feedforward_state(net, pair_inputs)
+                    tally = DetectionTally(len(state.levels))
+                    gate = self._gate(detector, tally, phase_step=lambda t: t if phase["learning"] else None)
+                else:  # the new input is clamped; the value nodes carry on from the last pair
+                    levels = net.levels_for(pair_inputs)
+                    state = state_at(net.input_rates(pair_inputs), state.value_nodes, levels,
+                                     net.side_inputs(pair_inputs, levels))
+                plasticity = Plasticity(net, state.levels, scale, self._write_schedule(net, state.levels, batch_size))
                 phase["learning"] = False
                 steps, stationary_for = 0, -1
                 while steps < max_prediction_steps and stationary_for < hold_steps:
-                    new_state, _, step_changes = advance(
-                        net, state, free, t=steps, gamma=self.gamma, lr=self.lr, gate=gate, output_free=True, apply=not pooled
+                    new_state, _, _ = advance(
+                        state, free, plasticity, t=steps, gamma=self.gamma, gate=gate, output_free=True
                     )
-                    if pooled:
-                        changes = add_changes(changes, step_changes)
                     still = all(
                         bool(((a - b).abs() <= detector.change_tol * (1 + b.abs())).all())
                         for a, b in zip(new_state.value_nodes, state.value_nodes)
@@ -338,20 +430,15 @@ class FullyAutonomousZIL(LearningRule):
                 if isinstance(teacher, ValueClamp):
                     state = clamp_output(state, teacher)
                 phase["learning"] = True
-                for t in range(learning_steps):
-                    state, _, step_changes = advance(
-                        net, state, teacher, t=t, gamma=self.gamma, lr=self.lr, gate=gate, output_free=False, apply=not pooled
-                    )
-                    if pooled:
-                        changes = add_changes(changes, step_changes)
-                if pooled:
-                    apply_changes(net, changes)
+                for t in range(learning_steps or len(state.levels)):
+                    state, _, _ = advance(state, teacher, plasticity, t=t, gamma=self.gamma, gate=gate, output_free=False)
+                plasticity.finish()
                 tally.close_presentation()
-        return {
-            "presentations": n_presentations,
-            "pairs": n_presentations * batch_size,
-            "mean_loss": sum(losses) / len(losses),
-            "mean_prediction_steps": sum(prediction_lengths) / len(prediction_lengths),
-            "unconverged_prediction_phases": unconverged,
-            "detection": tally.summary(),
-        }
+        return StreamResult(
+            presentations=n_presentations,
+            pairs=n_presentations * batch_size,
+            mean_loss=sum(losses) / len(losses),
+            mean_prediction_steps=sum(prediction_lengths) / len(prediction_lengths),
+            unconverged_prediction_phases=unconverged,
+            detection=tally.summary(),
+        )

@@ -1,37 +1,54 @@
 """Inference learning (IL): Whittington & Bogacz 2017; Algorithm 1 of Song et al. 2020.
 
-With the input clamped and the network at its prediction (the feed-forward pass), the teacher
-clamps the output; inference then runs for T steps with a small step gamma,
+On levels (SPEC.md 1b; the PCN, its notation map and the time-step ordering are in
+`predictive_coding.py`). With the input clamped and the network at its prediction (the
+feed-forward pass), the teacher clamps the output; inference then runs for T steps with a
+small step gamma,
 
-    x_l <- x_l + gamma * ( -eps_l + f'(x_l) * (W_{l+1}^T eps_{l+1}) ),   eps_l = x_l - mu_l,
+    x_l <- x_l + gamma * ( -eps_l + G_l^T [ A_{l+1}^T eps_{l+1} ] ),   eps_l = x_l - mu_l,
 
-and at t = t_c = T (an external trigger) every weight takes one local Hebbian step
+(for an MLP: f'(x_l) * (W_{l+1}^T eps_{l+1})), and at t = t_c = T (an external trigger) every
+parameter takes one local Hebbian step, a batch mean,
 
-    W_l <- W_l + alpha * <eps_l f(x_{l-1})^T>,     b_l <- b_l + alpha * <eps_l>      (batch mean).
+    theta_l <- theta_l + alpha / B * parameter_vjp_l(eps_l, r_{l-1}, u_l)
+               (Linear: W_l += alpha <eps_l f(x_{l-1})^T>, b_l += alpha <eps_l>).
 
 At the inference equilibrium eps_l approximates -d_l (BP's delta), so IL approximates BP; it
-is not exact (see `bioprop verify --rule il` for the measured distance). The PCN itself, the
-teacher and the time-step ordering are in `predictive_coding.py`.
+is not exact (see `bioprop verify --rule il` for the measured distance). IL updates every
+level at the same step, so a parameter shared by several levels (an unrolled RNN) gets all its
+changes at once either way; shared_updates ("pooled" or "immediate") is there for symmetry with
+Z-IL and Fa-Z-IL and gives the same numbers.
 
 Options: gamma (0.1), n_steps = T (20), init_noise (std of Gaussian noise added to the hidden
-value nodes at t = 0; 0 = start at the prediction fixpoint), seed (for that noise),
-ce_teacher ("moving": eps_L = y - softmax(mu_L) follows the prediction, our default; "fixed":
-eps_L held at its feed-forward value, the SPEC's letter, whose energy is unbounded below; see
-docs/rules.md).
+value nodes at t = 0; 0 = start at the prediction fixpoint), seed (for that noise; its
+generator is in state_dict()), ce_teacher ("moving": eps_L = y - softmax(mu_L) follows the
+prediction, our default; "fixed": eps_L held at its feed-forward value, the SPEC's letter, whose
+energy is unbounded below; see docs/rules.md), shared_updates.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from ..errors import BioPropError
-from .base import LearningRule, check_int, check_positive
-from .predictive_coding import present
+from .base import LearningRule, StepResult, check_int, check_positive
+from .predictive_coding import check_shared_updates, load_noise_state, noise_state, present
+
+
+@dataclass
+class ILResult(StepResult):
+    """IL's step: loss and output before the update, and T, the inference steps run."""
+
+    n_inference_steps: int = 0
 
 
 class InferenceLearning(LearningRule):
     name = "il"
     paper = "Whittington & Bogacz 2017; Song et al. 2020, Alg. 1"
     option_help = {
+        "shared_updates": "parameters shared by several levels (an unrolled RNN): 'pooled' sums their changes over the "
+                          "presentation and writes them at its end (exact BPTT); 'immediate' writes each at its own step",
         "gamma": "inference step size of the value nodes (small, e.g. 0.1, for IL to settle near BP)",
         "n_steps": "T: inference steps before the one weight update at t_c = T",
         "init_noise": "std of Gaussian noise on the hidden value nodes at t = 0 (0: start at the prediction fixpoint)",
@@ -41,7 +58,8 @@ class InferenceLearning(LearningRule):
     }
     benchmark_cases = {"il (T=20)": {"n_steps": 20}}
 
-    def __init__(self, lr=0.01, loss="mse", gamma=0.1, n_steps=20, init_noise=0.0, ce_teacher="moving", seed=0):
+    def __init__(self, lr=0.01, loss="mse", gamma=0.1, n_steps=20, init_noise=0.0, ce_teacher="moving", seed=0,
+                 shared_updates="pooled"):
         super().__init__(lr, loss)
         if ce_teacher not in ("moving", "fixed"):
             raise BioPropError(f"ce_teacher={ce_teacher!r}: choose 'moving' or 'fixed'")
@@ -49,21 +67,29 @@ class InferenceLearning(LearningRule):
         self.gamma = check_positive("gamma", gamma)
         self.n_steps = check_int("n_steps", n_steps, 0)
         self.init_noise = check_positive("init_noise", init_noise, allow_zero=True)
+        self.shared_updates = check_shared_updates(shared_updates)
         self.seed = seed
         self._noise = torch.Generator().manual_seed(seed)
 
     def options(self):
         return {**super().options(), "gamma": self.gamma, "n_steps": self.n_steps, "init_noise": self.init_noise,
-                "ce_teacher": self.ce_teacher, "seed": self.seed}
+                "ce_teacher": self.ce_teacher, "seed": self.seed, "shared_updates": self.shared_updates}
+
+    def state_dict(self):
+        return noise_state(self._noise)
+
+    def load_state_dict(self, state):
+        load_noise_state(self._noise, state)
 
     def _step(self, net, x, y, trace):
-        t_c, n_layers = self.n_steps, net.n_layers
+        t_c = self.n_steps
 
         def update_at_t_c(t, errors, predictions):
-            return [1.0 if t == t_c else None] * n_layers
+            return [1.0 if t == t_c else None] * len(errors)
 
-        info = present(
+        presented = present(
             net, x, y, self.loss, gamma=self.gamma, n_steps=t_c + 1, lr=self.lr, gate=update_at_t_c,
-            init_noise=self.init_noise, noise=self._noise, record=trace, fixed_error=self.ce_teacher == "fixed",
+            shared_updates=self.shared_updates, init_noise=self.init_noise, noise=self._noise, record=trace,
+            fixed_error=self.ce_teacher == "fixed",
         )
-        return {**info, "n_inference_steps": t_c}
+        return ILResult(presented.loss, presented.output, presented.trace, n_inference_steps=t_c)

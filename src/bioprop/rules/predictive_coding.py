@@ -1,19 +1,30 @@
-"""The predictive coding network (PCN) shared by IL, Z-IL and Fa-Z-IL.
+"""The predictive coding network (PCN) shared by IL, Z-IL and Fa-Z-IL, on any chain of levels.
 
-Notation (forward-indexed; Song et al. 2020 count layers from the output instead, so their
-layer l is our layer L - l, and their "layer at distance k from the output" is our L - k):
+Notation (forward-indexed, SPEC.md 1b; Song et al. 2020 count layers from the output instead,
+so their layer l is our level L - l, and their "layer at distance k from the output" is our
+level L - k). A `bioprop.Network` is a chain of levels l = 1..L, z_l = A_l(r_{l-1}, u_l; theta_l),
+r_l = g_l(z_l) (see `bioprop.levels`); the PCN puts a value node and an error node on every
+entry of every z_l:
 
-    value nodes   x_0 (clamped to h_0 = input_map(input)), x_1 .. x_L   (x_l plays z_l)
-    rates         r_0 = x_0,  r_l = f(x_l) for 1 <= l < L
-    predictions   mu_l = W_l r_{l-1} + b_l
-    error nodes   eps_l = x_l - mu_l           (unit variance)
+    value nodes   x_0 = r_0 (clamped: the input through the net's input map), x_1 .. x_L
+                  (x_l has z_l's shape: (B, n) for a Linear level, (B, C, H, W) for a conv level)
+    rates         r_l = g_l(x_l) for 1 <= l < L       (`level.rate.forward(x_l)`, which also keeps
+                  the context its VJP needs at the current x_l: a max-pool's argmax, f'(x_l))
+    predictions   mu_l = A_l(r_{l-1}, u_l; theta_l)   (`level.forward(r_{l-1}, side_l)`)
+    error nodes   eps_l = x_l - mu_l                  (unit variance)
     energy        F = sum_l 1/2 ||eps_l||^2
 
-Inference (one rule for both phases; all layers from the same state, simultaneously):
+For an MLP A_l(r) = W_l r + b_l and g_l = f; for an unrolled Elman RNN the levels are the time
+steps z_1 .. z_T (sharing W_ih, W_hh, b; u_t clamped into level t) and the readout z_out.
 
-    x_l <- x_l + gamma * ( -eps_l + f'(x_l) * (W_{l+1}^T eps_{l+1}) )      for 1 <= l < L
+Inference (one rule for both phases; all levels from the same state, simultaneously):
 
-The output layer: in the prediction phase it is free (x_L <- x_L - gamma * eps_L); in the
+    x_l <- x_l + gamma * ( -eps_l + G_l^T [ A_{l+1}^T eps_{l+1} ] )      for 1 <= l < L
+
+with A^T = `level_{l+1}.input_vjp(eps_{l+1}, r_l)` and G_l^T = `level_l.rate.vjp(., context_l)`,
+the VJP of x -> A_{l+1}(g_l(x)) at the current x_l (for an MLP: f'(x_l) * (W_{l+1}^T eps_{l+1})).
+
+The output level: in the prediction phase it is free (x_L <- x_L - gamma * eps_L); in the
 learning phase the teacher clamps it. For MSE the value node is clamped, x_L = y, so
 eps_L = y - mu_L = -dLoss/dz at mu_L. For cross-entropy the error node carries the same
 quantity, eps_L = -(dLoss/dz)(mu_L) = y - softmax(mu_L): the gradient of the energy
@@ -26,27 +37,60 @@ eps_L(0) is ever used), but for IL a constant output error makes the energy unbo
 (64-64-64-10, tanh, lr 0.1, 10 epochs): IL with T = 50 fell to 39% test accuracy with the
 constant clamp; see docs/rules.md for the figure with the moving error.
 
-Plasticity (local, Hebbian), batch mean:  W_l <- W_l + alpha * <eps_l r_{l-1}^T>,
-b_l <- b_l + alpha * <eps_l>, optionally gated per neuron (Fa-Z-IL's phi).
+Plasticity (local, Hebbian), batch mean, optionally gated per neuron (Fa-Z-IL's phi):
 
-Ordering within one time step t: errors are computed from the state at t; the weight changes
+    theta <- theta + alpha / B * sum over the levels l reading theta of
+             parameter_vjp_l(gate_l * eps_l, r_{l-1}, u_l)
+
+(for a Linear level eps_l r_{l-1}^T and sum_b eps_l; for a conv kernel the correlation of eps_l
+with r_{l-1}, summed over positions; for the Elman step eps_t u_t^T, eps_t r_{t-1}^T). Each step's
+per-level changes are added up per parameter with `sweeps.pool`.
+
+When the changes are written (the shared-parameter decision). A parameter read by one level
+gets one change per presentation under Z-IL's schedule, and writing it at its step is the same
+as writing it at the end: inference from t to t+1 uses the weights as they were at t, and
+nothing that later moves because of the write (mu_l after t = k) reaches an update still to
+come. A parameter read by several levels (an unrolled RNN's W_ih, W_hh, b) gets one change per
+level, at that level's step; written at once, it changes the predictions mu and the feedback of
+the levels still to learn, so their errors are no longer BP's deltas. So each rule takes
+`shared_updates`: "pooled" (default; exact: a shared parameter's changes from every level are
+summed over the presentation and written at its end, as BPTT's SGD step does) or "immediate"
+(each level's change written at its own step: the negative control, which diverges from BPTT).
+Unshared parameters are written at once in IL and Z-IL (as the paper's PCN does) and as
+Fa-Z-IL's batch_plasticity says; see `write_schedule`.
+
+Ordering within one time step t: errors are computed from the state at t; the parameter changes
 of step t and the value-node changes of step t are both computed from that same state; then
 both are applied. So inference from t to t+1 uses the weights as they were at t.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
-from ..network import MLP
-from .base import hebbian_change
+from ..errors import BioPropError
+from ..levels import Level, RateContext
+from ..network import Network
+from ..sweeps import pool
+from .base import StepResult
 
 Tensor = torch.Tensor
 
+SHARED_UPDATES = ("pooled", "immediate")
 
-# -- the teacher: how the target enters the output layer --------------------------------------
+
+class ReadByKey:
+    """Dict-style read access for the dataclasses here (as StepResult has it)."""
+
+    __getitem__ = StepResult.__getitem__
+    keys = StepResult.keys
+    __contains__ = StepResult.__contains__
+    get = StepResult.get
+
+
+# -- the teacher: how the target enters the output level --------------------------------------
 @dataclass
 class ValueClamp:
     """MSE: the output value node is clamped to the target; eps_L = y - mu_L."""
@@ -101,166 +145,260 @@ def make_teacher(loss, target: Tensor, output: Tensor | None = None, fixed_error
 # -- the state and one step of the dynamics ---------------------------------------------------
 @dataclass
 class PCState:
+    """The PCN for one presentation: clamped input rates r_0, value nodes x_1 .. x_L, and the
+    circuit they live on (the net's levels for this input and their clamped side inputs u_l).
+
+    Each value node is held as x_l = anchor_l + offset_l, the anchor fixed (the feed-forward
+    pass z_l, where the presentation starts) and the offset moved by inference. Same dynamics;
+    the point is round-off: at t = k the level at distance k has mu_l = z_l to the bit, so its
+    error (anchor_l - mu_l) + offset_l is the feedback that arrived, not the difference of two
+    nearly equal numbers (x_l - mu_l loses |z_l| / |delta_l| ulps: 1e-11 relative on a deep
+    sigmoid conv net, where Z-IL's deltas are 1e-5 of z)."""
+
     input_rates: Tensor  # r_0 = x_0, clamped
-    value_nodes: list[Tensor]  # x_1 .. x_L
+    anchors: list[Tensor]
+    offsets: list[Tensor]
+    levels: list[Level]
+    sides: list[Tensor | None]
+
+    @property
+    def value_nodes(self) -> list[Tensor]:
+        """x_1 .. x_L."""
+        return [anchor + offset for anchor, offset in zip(self.anchors, self.offsets)]
 
     def copy(self) -> "PCState":
-        return PCState(self.input_rates, [x.clone() for x in self.value_nodes])
+        return PCState(self.input_rates, self.anchors, [d.clone() for d in self.offsets], self.levels, self.sides)
+
+    def with_offsets(self, offsets: list[Tensor]) -> "PCState":
+        return PCState(self.input_rates, self.anchors, offsets, self.levels, self.sides)
 
 
-def feedforward_state(net: MLP, x: Tensor) -> PCState:
+def state_at(input_rates: Tensor, value_nodes: list[Tensor], levels: list[Level], sides: list) -> PCState:
+    """A PCN state with value nodes `value_nodes` (the anchors; offsets 0)."""
+    return PCState(input_rates, list(value_nodes), [torch.zeros_like(x) for x in value_nodes], levels, sides)
+
+
+def feedforward_state(net: Network, x: Tensor) -> PCState:
     """The prediction-phase fixpoint (condition C1): value nodes at the feed-forward pass."""
     sweep = net.forward_pass(x)
-    return PCState(sweep.rates[0], list(sweep.preactivations))
+    return state_at(sweep.rates[0], sweep.preactivations, sweep.levels, sweep.sides)
 
 
-def rates_of(net: MLP, state: PCState) -> list[Tensor]:
-    """r_0 .. r_{L-1}."""
-    return [state.input_rates] + [net.activation(x) for x in state.value_nodes[:-1]]
+def rates_and_contexts(state: PCState) -> tuple[list[Tensor], list[RateContext]]:
+    """r_0 .. r_{L-1}, and for levels 1 .. L-1 what each rate function's VJP needs at x_l."""
+    rates, contexts = [state.input_rates], []
+    for level, anchor, offset in zip(state.levels[:-1], state.anchors[:-1], state.offsets[:-1]):
+        r, context = level.rate.forward(anchor + offset)
+        rates.append(r)
+        contexts.append(context)
+    return rates, contexts
 
 
-def predictions_of(net: MLP, rates: list[Tensor]) -> list[Tensor]:
-    """mu_1 .. mu_L."""
-    return [net.layer_input(layer, r) for layer, r in enumerate(rates, start=1)]
+def rates_of(net: Network, state: PCState) -> list[Tensor]:
+    """r_0 .. r_{L-1} of `state` (whose levels are `net`'s for this input)."""
+    return rates_and_contexts(state)[0]
+
+
+def predictions_of(net: Network, rates: list[Tensor], state: PCState | None = None) -> list[Tensor]:
+    """mu_1 .. mu_L from the rates, on `state`'s levels and side inputs; without a state, on
+    `net.levels_for(None)` (a net whose levels do not depend on the input, e.g. an MLP)."""
+    if state is None:
+        levels = net.levels_for(None)
+        sides = net.side_inputs(None, levels)
+    else:
+        levels, sides = state.levels, state.sides
+    return [level.forward(r, side) for level, r, side in zip(levels, rates, sides)]
 
 
 def errors_of(state: PCState, predictions: list[Tensor], teacher) -> list[Tensor]:
     """eps_1 .. eps_L; the output's comes from the teacher (or the free output)."""
-    hidden = [x - mu for x, mu in zip(state.value_nodes[:-1], predictions[:-1])]
-    return hidden + [teacher.output_error(state.value_nodes[-1], predictions[-1])]
+    errors = [(anchor - mu) + offset for anchor, offset, mu in zip(state.anchors, state.offsets, predictions)]
+    if not isinstance(teacher, FreeOutput):
+        errors[-1] = teacher.output_error(state.anchors[-1] + state.offsets[-1], predictions[-1])
+    return errors
 
 
-def inference_step(net: MLP, state: PCState, errors: list[Tensor], gamma: float, output_free: bool) -> PCState:
-    """x(t+1) from x(t) and eps(t), with the weights as they are at t."""
-    weights = net.weights
-    f_prime = net.activation.derivative
-    new_values = []
-    for layer, (x, eps) in enumerate(zip(state.value_nodes[:-1], errors[:-1]), start=1):
-        feedback = errors[layer] @ weights[layer]  # W_{l+1}^T eps_{l+1}, batch row-wise
-        new_values.append(x + gamma * (-eps + f_prime(x) * feedback))
-    output = state.value_nodes[-1]
-    new_values.append(output - gamma * errors[-1] if output_free else output)
-    return PCState(state.input_rates, new_values)
+def inference_step(state: PCState, rates: list[Tensor], contexts: list[RateContext], errors: list[Tensor],
+                   gamma: float, output_free: bool) -> PCState:
+    """x(t+1) from x(t) and eps(t), with the weights as they are at t (module docstring)."""
+    levels = state.levels
+    offsets = []
+    for index, (offset, eps) in enumerate(zip(state.offsets[:-1], errors[:-1])):
+        above = levels[index + 1]
+        feedback = above.input_vjp(errors[index + 1], rates[index + 1])  # A_{l+1}^T eps_{l+1}
+        offsets.append(offset + gamma * (-eps + levels[index].rate.vjp(feedback, contexts[index])))
+    output = state.offsets[-1]
+    offsets.append(output - gamma * errors[-1] if output_free else output)
+    return state.with_offsets(offsets)
 
 
 #: A plasticity gate for one time step: given (t, errors, predictions), a list with one entry
-#: per layer: None (no update at this step), or a (B, n_l) tensor of per-neuron gates, or 1.0.
+#: per level: None (no update at this step), 1.0 (ungated), or a tensor of the level's shape of
+#: per-neuron gates.
 PlasticityGate = Callable[[int, list[Tensor], list[Tensor]], list]
+
+
+# -- writing the changes: at once or at the end of the presentation ----------------------------
+def shares_slot(net: Network, levels: Sequence[Level]) -> list[bool]:
+    """Per entry of net.parameters_list(): whether several of `levels` read it."""
+    readers = [0] * len(net.parameters_list())
+    for slots in net.parameter_slots(levels):
+        for slot in set(slots):
+            readers[slot] += 1
+    return [count > 1 for count in readers]
+
+
+def write_scaled(net: Network, totals: Sequence[Tensor | None], scale: float) -> None:
+    """parameter += (scale * total), in place: the product rounded before the sum, as the
+    MLP-era rules wrote it, so Z-IL's front trains an MLP bit for bit as it did (sweeps.write
+    fuses the two roundings)."""
+    for parameter, total in zip(net.parameters_list(), totals):
+        if total is not None:
+            parameter.data.add_(scale * total)
+
+
+def write_schedule(net: Network, levels: Sequence[Level], shared_updates: str, unshared_at_once: bool) -> list[bool]:
+    """Per parameter: True = write each step's change at once, False = pool it over the
+    presentation and write it at the end (module docstring: the shared-parameter decision)."""
+    shared = shares_slot(net, levels)
+    return [(shared_updates == "immediate") if is_shared else unshared_at_once for is_shared in shared]
+
+
+class Plasticity:
+    """Turns each step's gated per-level changes into parameter writes, at once or pooled.
+
+    `scale` is alpha / B: the changes are batch sums of parameter VJPs, the update a batch mean."""
+
+    def __init__(self, net: Network, levels: Sequence[Level], scale: float, at_once: Sequence[bool]):
+        self.net, self.levels, self.scale = net, list(levels), scale
+        self.at_once = list(at_once)
+        self.pending: list[Tensor | None] = [None] * len(self.at_once)
+
+    def changes(self, gates: list, errors: list[Tensor], rates: list[Tensor], sides: list) -> list:
+        """Per level: parameter_vjp(gate * eps_l, r_{l-1}, u_l), or None where the gate is off."""
+        return [
+            None if gate is None else level.parameter_vjp(eps if isinstance(gate, float) else gate * eps, r, side)
+            for level, gate, eps, r, side in zip(self.levels, gates, errors, rates, sides)
+        ]
+
+    def add(self, per_level: list) -> None:
+        """Write what is due now; keep the rest for `finish`."""
+        if all(change is None for change in per_level):
+            return
+        totals = pool(self.net, self.levels, per_level)
+        now = [total if at_once else None for total, at_once in zip(totals, self.at_once)]
+        write_scaled(self.net, now, self.scale)
+        for slot, (total, at_once) in enumerate(zip(totals, self.at_once)):
+            if total is not None and not at_once:
+                self.pending[slot] = total if self.pending[slot] is None else self.pending[slot] + total
+
+    def finish(self) -> None:
+        write_scaled(self.net, self.pending, self.scale)
+        self.pending = [None] * len(self.at_once)
+
+
+def advance(
+    state: PCState,
+    teacher,
+    plasticity: Plasticity,
+    *,
+    t: int,
+    gamma: float,
+    gate: PlasticityGate,
+    output_free: bool,
+    infer: bool = True,
+) -> tuple[PCState, list[Tensor], list]:
+    """One time step t: errors from the state; parameter changes where `gate` says; x(t+1).
+
+    Returns the new state (the same one if infer=False), the errors at t and the per-level
+    changes (None where the level did not learn), handed to `plasticity` after the inference
+    step (so x(t+1) sees the weights of time t)."""
+    rates, contexts = rates_and_contexts(state)
+    predictions = [level.forward(r, side) for level, r, side in zip(state.levels, rates, state.sides)]
+    errors = errors_of(state, predictions, teacher)
+    gates = gate(t, errors, predictions)
+    changes = plasticity.changes(gates, errors, rates, state.sides)
+    if infer:
+        state = inference_step(state, rates, contexts, errors, gamma, output_free)
+    plasticity.add(changes)
+    return state, errors, changes
+
+
+@dataclass
+class TraceEntry(ReadByKey):
+    """One inference step of a trace: the state at t, its errors, and the levels (1-based) whose
+    parameters changed at t."""
+
+    t: int
+    value_nodes: list[Tensor]
+    error_nodes: list[Tensor]
+    updated_layers: list[int]
 
 
 @dataclass
 class DynamicsResult:
     state: PCState
-    trace: list[dict]
+    trace: list[TraceEntry]
     errors: list[Tensor]  # eps at the last simulated step
 
 
-def advance(
-    net: MLP,
-    state: PCState,
-    teacher,
-    *,
-    t: int,
-    gamma: float,
-    lr: float,
-    gate: PlasticityGate,
-    output_free: bool,
-    infer: bool = True,
-    apply: bool = True,
-) -> tuple[PCState, list[Tensor], list]:
-    """One time step t: errors from the state; weight changes where `gate` says; x(t+1).
-
-    Returns the new state (the same one if infer=False), the errors at t and the per-layer
-    changes (None where the layer did not learn), applied to the net unless apply=False.
-    """
-    rates = rates_of(net, state)
-    predictions = predictions_of(net, rates)
-    errors = errors_of(state, predictions, teacher)
-    gates = gate(t, errors, predictions)
-    changes = [
-        None if g is None else hebbian_change(lr, eps, r, None if isinstance(g, float) else g)
-        for g, eps, r in zip(gates, errors, rates)
-    ]
-    if infer:
-        state = inference_step(net, state, errors, gamma, output_free)
-    if apply:
-        apply_changes(net, changes)
-    return state, errors, changes
-
-
-def apply_changes(net: MLP, changes: list) -> None:
-    """Write per-layer (weight change, bias change) pairs into the net; None = no change."""
-    weights, biases = net.weights, net.biases
-    for layer, change in enumerate(changes):
-        if change is None:
-            continue
-        weights[layer].add_(change[0])
-        if biases is not None:
-            biases[layer].add_(change[1])
-
-
-def add_changes(total: list, changes: list) -> list:
-    """Accumulate per-layer changes (for plasticity pooled over a presentation)."""
-    return [
-        b if a is None else a if b is None else (a[0] + b[0], a[1] + b[1])
-        for a, b in zip(total, changes)
-    ]
-
-
 def simulate(
-    net: MLP,
     state: PCState,
     teacher,
+    plasticity: Plasticity,
     *,
     gamma: float,
     n_steps: int,
-    lr: float,
     gate: PlasticityGate,
     record: bool = False,
-    pool_changes: bool = False,
 ) -> DynamicsResult:
-    """Run t = 0 .. n_steps-1 of inference with plasticity, updating `net` in place.
+    """Run t = 0 .. n_steps-1 of inference with plasticity, updating the net in place.
 
     The teacher is on throughout (a FreeOutput teacher gives the prediction phase). No
-    inference step follows the last t: nothing after it could change a weight. With
-    pool_changes the weight changes are summed and written once, after the last step.
+    inference step follows the last t: nothing after it could change a weight. Pooled changes
+    are written after the last step.
     """
     output_free = isinstance(teacher, FreeOutput)
     if isinstance(teacher, ValueClamp):
         state = clamp_output(state, teacher)
-    trace: list[dict] = []
+    trace: list[TraceEntry] = []
     errors: list[Tensor] = []
-    pooled: list = [None] * net.n_layers
     for t in range(n_steps):
         before = state
         state, errors, changes = advance(
-            net, state, teacher, t=t, gamma=gamma, lr=lr, gate=gate, output_free=output_free,
-            infer=t < n_steps - 1, apply=not pool_changes,
+            state, teacher, plasticity, t=t, gamma=gamma, gate=gate, output_free=output_free, infer=t < n_steps - 1
         )
-        if pool_changes:
-            pooled = add_changes(pooled, changes)
         if record:
             trace.append(trace_entry(t, before, errors, changes))
-    if pool_changes:
-        apply_changes(net, pooled)
+    plasticity.finish()
     return DynamicsResult(state, trace, errors)
 
 
 def clamp_output(state: PCState, teacher: ValueClamp) -> PCState:
-    return PCState(state.input_rates, state.value_nodes[:-1] + [teacher.target])
+    return PCState(state.input_rates, state.anchors[:-1] + [teacher.target],
+                   state.offsets[:-1] + [torch.zeros_like(teacher.target)], state.levels, state.sides)
 
 
-def trace_entry(t: int, state: PCState, errors: list[Tensor], changes: list) -> dict:
-    return {
-        "t": t,
-        "value_nodes": [x.clone() for x in state.value_nodes],
-        "error_nodes": [e.clone() for e in errors],
-        "updated_layers": [layer for layer, c in enumerate(changes, start=1) if c is not None],
-    }
+def trace_entry(t: int, state: PCState, errors: list[Tensor], changes: list) -> TraceEntry:
+    return TraceEntry(
+        t,
+        [x.clone() for x in state.value_nodes],
+        [e.clone() for e in errors],
+        [level for level, c in enumerate(changes, start=1) if c is not None],
+    )
+
+
+@dataclass
+class Presented:
+    """What every PCN rule reports of a presentation: loss and output before the update."""
+
+    loss: float
+    output: Tensor
+    trace: list[TraceEntry] | None
 
 
 def present(
-    net: MLP,
+    net: Network,
     x: Tensor,
     y: Tensor,
     loss,
@@ -269,41 +407,62 @@ def present(
     n_steps: int,
     lr: float,
     gate: PlasticityGate,
+    shared_updates: str = "pooled",
+    unshared_at_once: bool = True,
     init_noise: float = 0.0,
     noise: torch.Generator | None = None,
     record: bool = False,
-    pool_changes: bool = False,
     fixed_error: bool = False,
-) -> dict:
+) -> Presented:
     """One training pair (batch) for a PCN rule: start at the feed-forward pass (plus noise
-    when C1 is broken on purpose), put the teacher on, run `simulate`.
-
-    Returns the diagnostics every rule reports: "loss" and "output" before the update, and
-    "trace" when record=True.
+    when C1 is broken on purpose), put the teacher on, run `simulate`; changes are written as
+    `write_schedule(net, levels, shared_updates, unshared_at_once)` says.
     """
     state = feedforward_state(net, x)
     output = state.value_nodes[-1]
-    info = {"loss": float(loss(output, y)), "output": output}
     teacher = make_teacher(loss, y, output, fixed_error=fixed_error)
+    at_once = write_schedule(net, state.levels, shared_updates, unshared_at_once)
+    plasticity = Plasticity(net, state.levels, lr / x.shape[0], at_once)
     state = noisy_start(state, init_noise, noise)
-    result = simulate(
-        net, state, teacher, gamma=gamma, n_steps=n_steps, lr=lr, gate=gate, record=record, pool_changes=pool_changes
-    )
-    if record:
-        info["trace"] = result.trace
-    return info
+    result = simulate(state, teacher, plasticity, gamma=gamma, n_steps=n_steps, gate=gate, record=record)
+    return Presented(float(loss(output, y)), output, result.trace if record else None)
 
 
 def noisy_start(state: PCState, sigma: float, generator: torch.Generator | None) -> PCState:
     """Break C1: hidden value nodes start at the feed-forward pass plus N(0, sigma^2) noise."""
+    from ..distributed import draw_for_batch
+
     if sigma == 0:
         return state
     noisy = []
-    for x in state.value_nodes[:-1]:
-        noise = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(dtype=x.dtype, device=x.device)
-        noisy.append(x + sigma * noise)
-    return PCState(state.input_rates, noisy + [state.value_nodes[-1]])
+    for offset in state.offsets[:-1]:
+        # drawn for the global batch and sliced in a data-parallel step (bioprop.distributed)
+        noise = draw_for_batch(offset.shape, generator).to(dtype=offset.dtype, device=offset.device)
+        noisy.append(offset + sigma * noise)
+    return state.with_offsets(noisy + [state.offsets[-1]])
 
 
-def batch_loss(loss, output: Tensor, target: Tensor) -> float:
-    return float(loss(output, target))
+# -- rule plumbing shared by IL, Z-IL and Fa-Z-IL ----------------------------------------------
+def check_shared_updates(value: str) -> str:
+    if value not in SHARED_UPDATES:
+        raise BioPropError(f"shared_updates={value!r}: choose 'pooled' (exact) or 'immediate' (the negative control)")
+    return value
+
+
+def noise_state(generator: torch.Generator) -> dict:
+    """A rule's state_dict entry for its init-noise generator."""
+    return {"noise": generator.get_state()}
+
+
+def load_noise_state(generator: torch.Generator, state: dict) -> None:
+    """Restore what noise_state saved; a state without it (an older checkpoint) leaves it as is."""
+    if "noise" in state:
+        generator.set_state(state["noise"])
+
+
+__all__ = [
+    "DynamicsResult", "ErrorClamp", "FreeOutput", "LossTeacher", "PCState", "Plasticity", "Presented", "ReadByKey",
+    "SHARED_UPDATES", "TraceEntry", "ValueClamp", "advance", "clamp_output", "errors_of", "feedforward_state",
+    "inference_step", "make_teacher", "noisy_start", "predictions_of", "present", "rates_and_contexts", "rates_of",
+    "shares_slot", "simulate", "state_at", "write_scaled", "write_schedule",
+]
