@@ -74,6 +74,9 @@ class ZeroDivergenceIL(LearningRule):
     name = "zil"
     paper = "Song et al. 2020"
     option_help = {
+        "shared_updates": "parameters shared by several levels (an unrolled RNN): 'pooled' sums their changes over the "
+                          "presentation and writes them at its end (exact BPTT); 'immediate' writes each at its own step "
+                          "(not exact: the negative control)",
         "gamma": "inference step size; 1 is condition C3 (exact), other values scale the layer at distance k by gamma^k",
         "update_at": "'layer' (condition C2: the weights at distance k from the output update at step t = k) or an "
                      "integer t: every layer updates at step t (breaks C2)",
