@@ -30,11 +30,14 @@ def backward_sweep(
     derivative: Callable[[Tensor], Tensor] | None = None,
     scale: float = 1.0,
     parameters: bool = True,
+    input_grads: list | None = None,
 ) -> tuple[list[Tensor], list[list[Tensor]]]:
     """(deltas delta_1..delta_L, per-level parameter VJPs) of the sweep in the module docstring.
 
     feedback[l] replaces level l+1's forward weight in its input VJP (None: the weight itself);
-    derivative replaces the activations' f'; with parameters=False no parameter VJP is taken."""
+    derivative replaces the activations' f'; with parameters=False no parameter VJP is taken;
+    input_grads, a list of len(levels), receives A_l^T delta_l at index l-1 (the credit rule's
+    credit, in r_{l-1}'s shape; the top entry is left alone)."""
     levels = forward.levels
     n = len(levels)
     deltas: list[Tensor] = [None] * n  # type: ignore[list-item]
@@ -52,6 +55,8 @@ def backward_sweep(
         elif needs_input:
             grad_r = level.input_vjp(deltas[index], forward.rates[index], weight)
         if needs_input:
+            if input_grads is not None:
+                input_grads[below] = grad_r
             delta = levels[below].rate.vjp(grad_r, forward.contexts[below], derivative)
             deltas[below] = delta if scale == 1.0 else scale * delta
     return deltas, changes
