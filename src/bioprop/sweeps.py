@@ -62,13 +62,17 @@ def backward_sweep(
     return deltas, changes
 
 
-def pool(net: Network, levels, per_level: Sequence[Sequence[Tensor] | None]) -> list[Tensor | None]:
-    """Per-level parameter changes added up per parameter of `net` (None: untouched)."""
+def pool(net: Network, levels, per_level: Sequence[Sequence[Tensor] | None],
+         slots: Sequence[Sequence[int]] | None = None) -> list[Tensor | None]:
+    """Per-level parameter changes added up per parameter of `net` (None: untouched); `slots`,
+    net.parameter_slots(levels) if the caller has it already."""
+    if slots is None:
+        slots = net.parameter_slots(levels)
     totals: list[Tensor | None] = [None] * len(net.parameters_list())
-    for slots, changes in zip(net.parameter_slots(levels), per_level):
+    for level_slots, changes in zip(slots, per_level):
         if changes is None:
             continue
-        for slot, change in zip(slots, changes):
+        for slot, change in zip(level_slots, changes):
             totals[slot] = change if totals[slot] is None else totals[slot] + change
     return totals
 

@@ -297,25 +297,28 @@ class CreditRule(LearningRule):
         derivative = None if self._balance.is_derivative else self._balance
         output_gain = None if derivative is None else self._balance(output)
         levels = forward.levels
+        batch = output.shape[0]
+        # every map below is linear in the error: sweeping e / batch makes the parameter VJPs the
+        # batch means <c g (dz/dtheta)> themselves (no pass over every weight-sized total)
         if credit_cut is None:
             # the fixpoint: one sweep, delta_l = -c_l g(z_l), c_{l-1} = -A_l^T delta_l
             passed_down: list = [None] * len(levels)
             top = output_error if output_gain is None else output_error * output_gain
-            deltas, per_level = backward_sweep(forward, top, derivative=derivative, input_grads=passed_down)
-            credit = [-grad for grad in passed_down[:-1]] + [-output_error]
+            scaled, per_level = backward_sweep(forward, top / batch, derivative=derivative, input_grads=passed_down)
+            deltas = [delta * batch for delta in scaled[:-1]] + [top]
+            credit = [-grad * batch for grad in passed_down[:-1]] + [-output_error]
             residual = 0.0
         else:
             credit, residual = _layered_credit(forward, -output_error, derivative, output_gain, self.output_mode,
                                                credit_cut, credit_record)
             deltas = [-_drive(forward, index, c, derivative, output_gain) for index, c in enumerate(credit)]
-            per_level = [level.parameter_vjp(delta, rates, side)
+            per_level = [level.parameter_vjp(delta / batch, rates, side)
                          for level, delta, rates, side in zip(levels, deltas, forward.rates, forward.sides)]
         credit_settling = Settling(needed_credit if credit_cut is None else credit_cut,
                                    credit_cut is None or credit_cut >= needed_credit, residual)
 
-        batch = output.shape[0]
-        # <c g (dz/dtheta)>, in BP's sign convention for bioprop.diagnostics: G = -<.>, and the change is -lr G
-        estimates = [None if total is None else total / batch for total in pool(net, levels, per_level)]
+        # G = -<c g (dz/dtheta)>, BP's sign convention for bioprop.diagnostics; the change is -lr G
+        estimates = pool(net, levels, per_level)
         for parameter, estimate in zip(net.parameters_list(), estimates):
             if estimate is not None:
                 parameter.data.add_(estimate, alpha=-self.lr)

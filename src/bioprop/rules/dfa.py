@@ -55,9 +55,9 @@ class DirectFeedbackAlignment(FeedbackRule):
     def needs_forward_to_draw(self):
         return True
 
-    def keyed_levels(self, net, levels, forward):
+    def keyed_levels(self, net, levels, forward, slot=None):
         """The hidden levels, keyed by their forward weight."""
-        slot = {id(p): i for i, p in enumerate(net.parameters_list())}
+        slot = {id(p): i for i, p in enumerate(net.parameters_list())} if slot is None else slot
         keys: dict[int, list[int]] = {}
         for index, level in enumerate(levels[:-1]):
             keys.setdefault(slot[id(level.forward_weight)], []).append(index)
@@ -80,11 +80,11 @@ class DirectFeedbackAlignment(FeedbackRule):
         return xavier_bound(self.drawn_shape(net, levels, index, forward), activation_name(levels[index].rate),
                             self.feedback_scale)
 
-    def sweep(self, net, forward, output_error, feedback):
+    def sweep(self, net, forward, output_error, feedback, keyed):
         levels = forward.levels
         deltas = [None] * len(levels)
         deltas[-1] = output_error
-        for (_, uses), projection in zip(self.keyed_levels(net, levels, forward), feedback):
+        for (_, uses), projection in zip(keyed, feedback):
             projected = output_error @ projection.T  # B_l e, one row per sample
             for index in uses:
                 rates = forward.rates[index + 1]

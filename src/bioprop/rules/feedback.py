@@ -148,10 +148,12 @@ class FeedbackRule(LearningRule):
         """Shapes of the drawn matrices for an MLP of these layer sizes: B_l ~ W_l^T, l = 2..L."""
         return [(n_below, n_above) for n_below, n_above in zip(sizes[1:-1], sizes[2:])]
 
-    def keyed_levels(self, net: Network, levels: Sequence[Level], forward: ForwardPass | None) -> list[tuple[int, list[int]]]:
+    def keyed_levels(self, net: Network, levels: Sequence[Level], forward: ForwardPass | None,
+                     slot: dict[int, int] | None = None) -> list[tuple[int, list[int]]]:
         """[(parameter slot of the key, indices of the levels using it)], in order of first use:
-        the levels that carry feedback down, keyed by their forward weight."""
-        slot = {id(p): i for i, p in enumerate(net.parameters_list())}
+        the levels that carry feedback down, keyed by their forward weight. `slot`: id of each
+        parameter -> its index in net.parameters_list(), if the caller has it."""
+        slot = _slots(net) if slot is None else slot
         keys: dict[int, list[int]] = {}
         for index, level in enumerate(levels):
             if carries_feedback(index, level):
@@ -182,18 +184,18 @@ class FeedbackRule(LearningRule):
         """The feedback weights a step on `net` uses now, one per key (drawn first if need be)."""
         levels = levels_of(net, x)
         self.drawn(net, x, levels=levels)
-        return self.feedback_from(net, levels)
+        return self.feedback_from(net, levels, self.keyed_levels(net, levels, None))
 
-    def sweep(self, net: Network, forward: ForwardPass, output_error: Tensor, feedback: list[Tensor]):
+    def sweep(self, net: Network, forward: ForwardPass, output_error: Tensor, feedback: list[Tensor], keyed: list):
         """(deltas delta_1..delta_L, per-level parameter VJPs) with feedback weights in place of W."""
         per_level: list[Tensor | None] = [None] * len(forward.levels)
-        for (_, uses), weight in zip(self.keyed_levels(net, forward.levels, forward), feedback):
+        for (_, uses), weight in zip(keyed, feedback):
             for index in uses:
                 per_level[index] = weight
         return backward_sweep(forward, output_error, feedback=per_level)
 
-    def _write(self, net: Network, levels: Sequence[Level], estimates: list[Tensor | None]) -> None:
-        for parameter, estimate in zip(net.parameters_list(), estimates):
+    def _write(self, parameters: list[Tensor], levels: Sequence[Level], keyed: list, estimates: list[Tensor | None]) -> None:
+        for parameter, estimate in zip(parameters, estimates):
             if estimate is not None:
                 parameter.data.add_(estimate, alpha=-self.lr)
 
@@ -320,21 +322,24 @@ class FeedbackRule(LearningRule):
     # -- the step --
     def _step(self, net: Network, x: Tensor, y: Tensor, trace: bool) -> FeedbackStepResult:
         forward = net.forward_pass(x)
-        output = forward.output
+        levels, output = forward.levels, forward.output
         loss = self.loss(output, y)
-        feedback = self._feedback_for(net, forward)
-        deltas, per_level = self.sweep(net, forward, self.loss.output_error(output, y), feedback)
+        parameters = net.parameters_list()
+        slot = {id(p): i for i, p in enumerate(parameters)}
+        keyed = self.keyed_levels(net, levels, forward, slot)
+        self.drawn(net, levels=levels, forward=forward)
+        feedback = self.feedback_from(net, levels, keyed)
         batch = output.shape[0]
-        estimates = [None if total is None else total / batch for total in pool(net, forward.levels, per_level)]
-        self._write(net, forward.levels, estimates)
-        return FeedbackStepResult(float(loss), output, [] if trace else None, deltas[:-1], estimates)
+        # the sweep is linear in e: started from e / batch its parameter VJPs are the batch means
+        # G themselves (no pass over every weight-sized total to divide it)
+        deltas, per_level = self.sweep(net, forward, self.loss.output_error(output, y) / batch, feedback, keyed)
+        level_slots = [[slot[id(p)] for p in level.parameters] for level in levels]
+        estimates = pool(net, levels, per_level, level_slots)
+        self._write(parameters, levels, keyed, estimates)
+        return FeedbackStepResult(float(loss), output, [] if trace else None, [d * batch for d in deltas[:-1]], estimates)
 
-    def _feedback_for(self, net: Network, forward: ForwardPass) -> list[Tensor]:
-        self.drawn(net, levels=forward.levels, forward=forward)
-        return self.feedback_from(net, forward.levels)
-
-    def feedback_from(self, net: Network, levels: Sequence[Level]) -> list[Tensor]:
-        """The feedback of the drawn state on these levels (sign recomputes it from W)."""
+    def feedback_from(self, net: Network, levels: Sequence[Level], keyed: list) -> list[Tensor]:
+        """The feedback of the drawn state on these levels, one per key (sign recomputes it from W)."""
         return self._drawn
 
     def forward_weights(self, net: Network, x: Tensor | None = None) -> list[tuple[Level, Tensor]]:
@@ -355,6 +360,10 @@ class FeedbackRule(LearningRule):
         levels = levels_of(net, x)
         slots = [slot for slot, _ in self.keyed_levels(net, levels, None)]
         return dict(zip(slots, self.feedback_alignment(net, x)))
+
+
+def _slots(net: Network) -> dict[int, int]:
+    return {id(p): i for i, p in enumerate(net.parameters_list())}
 
 
 def _is_sizes(signature) -> bool:

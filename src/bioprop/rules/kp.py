@@ -48,11 +48,11 @@ class KolenPollack(FeedbackRule):
     def options(self):
         return {**super().options(), "decay": self.decay}
 
-    def _write(self, net, levels, estimates):
+    def _write(self, parameters, levels, keyed, estimates):
         # B_l's update reads only B_l and G_l (computed before any write), so order is free
-        for parameter, estimate in zip(net.parameters_list(), estimates):
+        for parameter, estimate in zip(parameters, estimates):
             if estimate is not None:
                 decay_and_descend(parameter.data, estimate, self.lr, self.decay if parameter.dim() > 1 else 0.0)
-        for matrix, (slot, uses) in zip(self._drawn, self.keyed_levels(net, levels, None)):
+        for matrix, (slot, uses) in zip(self._drawn, keyed):
             if estimates[slot] is not None:
                 decay_and_descend(matrix, levels[uses[0]].to_feedback_layout(estimates[slot]), self.lr, self.decay)

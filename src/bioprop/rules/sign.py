@@ -66,9 +66,9 @@ class SignSymmetry(FeedbackRule):
             magnitudes.append(torch.full(self.drawn_shape(net, levels, uses[0], forward), rms, dtype=torch.float64))
         return magnitudes
 
-    def feedback_from(self, net, levels):
+    def feedback_from(self, net, levels, keyed):
         """B_l = to_feedback_layout(sign(W_l)) * M_l from the current forward weights."""
         return [
             levels[uses[0]].to_feedback_layout(torch.sign(levels[uses[0]].forward_weight)) * magnitude
-            for (_, uses), magnitude in zip(self.keyed_levels(net, levels, None), self._drawn)
+            for (_, uses), magnitude in zip(keyed, self._drawn)
         ]
