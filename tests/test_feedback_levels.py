@@ -466,3 +466,24 @@ def test_dfa_on_a_conv_net_fixes_its_shapes_from_the_first_batch():
                                        nn.Linear(16, 5), nn.Sigmoid(), nn.Linear(5, 3)).double())
     with pytest.raises(BioPropError, match=r"drew its feedback for parameters 0.weight \(48, 3\)"):
         rule.step(other, x, y)  # other rates at level 1: (2, 4, 4) per sample
+
+
+def test_feedback_alignment_on_levels():
+    # cos(B, W in the feedback layout) per key: 1 for BP's feedback; sign's is positive; dfa's
+    # product-path figure is defined on Linear chains only (absent from the diagnostics elsewhere)
+    x, y = batch(MODELS["conv2d"][1])
+    net = bioprop.wrap(conv2d_model())
+    fa = bioprop.make_rule("fa")
+    fa.initialize(net, _bp_feedback(net))
+    assert fa.feedback_alignment(net) == pytest.approx([1.0, 1.0, 1.0], abs=1e-12)
+    assert all(0 < c < 1 for c in bioprop.make_rule("sign").feedback_alignment(net))
+    dfa = bioprop.make_rule("dfa")
+    dfa.step(net, x, y)
+    assert [tuple(b.shape) for b in dfa.feedback(net, x)] == [(48, 3), (16, 3), (5, 3)]
+    with pytest.raises(BioPropError, match="Linear weights"):
+        dfa.feedback_alignment(net, x)
+    assert dfa.alignment_by_parameter(net, x) == {}
+    rnn = rnn_net()
+    kp = bioprop.make_rule("kp")
+    kp.initialize(rnn, _bp_feedback(rnn))
+    assert kp.feedback_alignment(rnn) == pytest.approx([1.0, 1.0], abs=1e-12)

@@ -182,9 +182,9 @@ class FeedbackRule(LearningRule):
 
     def feedback(self, net: Network, x: Tensor | None = None) -> list[Tensor]:
         """The feedback weights a step on `net` uses now, one per key (drawn first if need be)."""
-        levels = levels_of(net, x)
-        self.drawn(net, x, levels=levels)
-        return self.feedback_from(net, levels, self.keyed_levels(net, levels, None))
+        levels, forward = self._prepare(net, x)
+        self.drawn(net, x, levels=levels, forward=forward)
+        return self.feedback_from(net, levels, self.keyed_levels(net, levels, forward))
 
     def sweep(self, net: Network, forward: ForwardPass, output_error: Tensor, feedback: list[Tensor], keyed: list):
         """(deltas delta_1..delta_L, per-level parameter VJPs) with feedback weights in place of W."""
