@@ -451,6 +451,9 @@ def test_state_dict_round_trip_on_a_conv_net(rule_name):
                                        nn.Linear(16, 5), nn.Sigmoid(), nn.Linear(5, 3)).double())
     with pytest.raises(BioPropError, match=r"drew its .* for parameters .*initialize\(net\)"):
         restored.step(other, x, y)
+    mlp = bioprop.MLP([6, 5, 3], dtype=torch.float64, seed=0)
+    with pytest.raises(BioPropError, match=r"drew its .* for parameters .* sizes \[6, 5, 3\]"):
+        restored.step(mlp, *batch((6, 6)))
 
 
 def test_dfa_on_a_conv_net_fixes_its_shapes_from_the_first_batch():

@@ -65,6 +65,7 @@ from .feedback import draw_uniform, xavier_bound
 Tensor = torch.Tensor
 
 SYNAPSE_TYPES = ("W", "Wbar", "V", "Vbar")
+DOWNSTREAM_ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid", "leaky_relu")
 
 
 @dataclass
@@ -83,7 +84,6 @@ def _per_parameter(net: Network, weights: Sequence[Tensor], estimates: Sequence[
     """W_l's estimates at W_l's entries of net.parameters_list() (an MLP's: the first L), None elsewhere."""
     slot = {id(w): estimate for w, estimate in zip(weights, estimates)}
     return [slot.get(id(p)) for p in net.parameters_list()]
-DOWNSTREAM_ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid", "leaky_relu")
 
 
 def _delta_cross(hb: Tensor, eps: Tensor, teaching: Tensor) -> Tensor:

@@ -263,7 +263,7 @@ class FeedbackRule(LearningRule):
         if isinstance(net, MLP):
             if self._drawn_for != list(net.sizes):
                 raise BioPropError(
-                    f"net: rule {self.name!r} drew its {self.drawn_name} for a net with sizes {self._drawn_for}, "
+                    f"net: rule {self.name!r} drew its {self.drawn_name} for {_describe_signature(self._drawn_for)}, "
                     f"this net has sizes {net.sizes}; make a new rule for this net, or call rule.initialize(net) to redraw"
                 )
             return
