@@ -274,6 +274,8 @@ def test_wrong_ratio_count_and_other_net_are_refused():
         rule.step(bioprop.MLP([5, 6, 2], activation="relu"), torch.zeros(1, 5), torch.zeros(1, 2))
 
 
+# gradient_estimates has one entry per parameter (weights first, then biases): the step bound's
+# tests read the weights' entries
 def bounded_closed_form(rule, raw):
     """The step bound's factors and next running means, from the rule's state before the step
     and the unbounded updates G_l of the same step (module docstring)."""
@@ -291,18 +293,18 @@ def test_step_bound_equals_closed_form():
     net = bioprop.MLP(SIZES, activation="relu", dtype=torch.float64, seed=1)
     rule = bioprop.make_rule("circuit", lr=0.05, loss="ce", ratio=2, step_bound=1.5, step_memory=0.9, seed=3)
     x, y = batch(SIZES, "ce")
-    first = rule.step(net, x, y)["gradient_estimates"]  # the first step is unbounded and starts m_l
+    first = rule.step(net, x, y)["gradient_estimates"][:net.n_layers]  # the first step is unbounded and starts m_l
     assert [float(m) for m in rule.step_sizes] == [float(g.norm()) for g in first]
     unbounded = copy.deepcopy(rule)
     unbounded.step_bound = 0.0
-    raw = copy.deepcopy(unbounded).step(net.clone(), x, y)["gradient_estimates"]
+    raw = copy.deepcopy(unbounded).step(net.clone(), x, y)["gradient_estimates"][:net.n_layers]
     rule.step_sizes = [torch.tensor(k * float(g.norm()), dtype=torch.float64) for k, g in zip((0.2, 10.0, 0.5, 10.0), raw)]
     factors, means = bounded_closed_form(rule, raw)
     assert factors[0] == pytest.approx(0.3) and factors[2] == pytest.approx(0.75) and factors[1] == factors[3] == 1.0
     expected = reference_updates(net, rule, x, y)
     free_net = net.clone()
     info = rule.step(net, x, y)
-    for s, got, want in zip(factors, info["gradient_estimates"], raw):
+    for s, got, want in zip(factors, info["gradient_estimates"][:net.n_layers], raw):
         assert relative_difference(got, s * want) <= 1e-12
     assert [float(m) for m in rule.step_sizes] == pytest.approx(means, rel=1e-12)
     got = (net.weights, net.biases, rule.feedback)
@@ -324,13 +326,13 @@ def test_step_bound_keeps_theorem1_form_up_to_a_positive_scalar():
     net = bioprop.MLP(SIZES, activation="relu", dtype=torch.float64, seed=2)
     rule = assembled_circuit(net)
     x, y = batch(SIZES, "mse", n=16, seed=4)
-    raw = copy.deepcopy(rule).step(net.clone(), x, y)["gradient_estimates"]
+    raw = copy.deepcopy(rule).step(net.clone(), x, y)["gradient_estimates"][:net.n_layers]
     rule.step_sizes = [0.1 * g.norm() for g in raw]  # every level bounded: s_l = 2 * 0.1 = 0.2
-    gradients, _ = bp_gradients(net, rule.loss, x, y)
+    gradients = bp_gradients(net, rule.loss, x, y)[0][:net.n_layers]  # the weights' (then the biases')
     info = copy.deepcopy(rule).step(net.clone(), x, y)
-    for estimate, h, gradient in zip(info["gradient_estimates"], rule.preconditioners(), gradients):
+    for estimate, h, gradient in zip(info["gradient_estimates"][:net.n_layers], rule.preconditioners(), gradients):
         assert relative_difference(estimate, 0.2 * 2.0 * h @ gradient) <= 1e-10
-    assert relative_difference(info["gradient_estimates"][-1], 0.2 * gradients[-1]) <= 1e-10  # top: scaled SGD
+    assert relative_difference(info["gradient_estimates"][:net.n_layers][-1], 0.2 * gradients[-1]) <= 1e-10  # top: scaled SGD
 
 
 def test_step_bound_keeps_kolen_pollack_pairs_matched():
@@ -367,7 +369,7 @@ def test_step_bound_stops_an_outlier_batch_throwing_the_net_off():
         sizes = []
         for _ in range(2):  # 2 epochs of 800 images, 100 steps
             for index in torch.randperm(800, generator=generator).split(16):
-                raw = rule.step(net, x_all[index], y_all[index])["gradient_estimates"]
+                raw = rule.step(net, x_all[index], y_all[index])["gradient_estimates"][:net.n_layers]
                 sizes.append(torch.stack([g.norm() for g in raw]))
         typical = torch.stack(sizes[-50:]).mean(dim=0)
         means = None if rule.step_sizes is None else torch.stack(rule.step_sizes)
@@ -375,7 +377,7 @@ def test_step_bound_stops_an_outlier_batch_throwing_the_net_off():
             before = float(rule.loss(net(held_x), held_y))
             info = rule.step(net, x_all[outlier], (y_all[outlier] + 5) % 10)  # wrong labels: a high loss
             jumps[setting] = float(rule.loss(net(held_x), held_y)) - before
-        step = torch.stack([g.norm() for g in info["gradient_estimates"]])
+        step = torch.stack([g.norm() for g in info["gradient_estimates"][:net.n_layers]])
         ratios[setting] = (step / typical).tolist()
         if setting == "default":
             assert bool((step <= rule.step_bound * means * (1 + 1e-6)).all())

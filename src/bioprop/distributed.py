@@ -164,19 +164,22 @@ class Cluster:
         The batch loss and the count of correct outputs are reduced in the same all-reduce, so
         every rank sees the global batch's figures (and takes the same decisions on them)."""
         current = self.shard_of(x.shape[0])
-        rule.prepare(net)  # lazily drawn state (feedback matrices) exists before the snapshot
-        tensors = list(net.parameters_list()) + list(rule.plastic_tensors())
-        before = [t.detach().clone() for t in tensors]
+        rows = slice(current.start, current.start + current.size)
+        rule.prepare(net, x[rows] if current.size else x[:1])  # lazily drawn state exists before the snapshot
+        parameters = list(net.parameters_list())
+        before = [t.detach().clone() for t in parameters + list(rule.plastic_tensors())]
         weight = current.size / current.total
         figures = torch.zeros(2, dtype=torch.float64, device=x.device)
         result = None
         if current.size:
-            rows = slice(current.start, current.start + current.size)
             with _holding(current):
                 result = rule.step(net, x[rows], y[rows])
             labels = y[rows] if y.ndim == 1 else y[rows].argmax(dim=1)
             figures[0] = float(result["loss"]) * weight
             figures[1] = (result["output"].argmax(dim=1) == labels).sum()
+        # the rule may have rebound its plastic tensors (new lists) or made new ones (a first step)
+        tensors = parameters + list(rule.plastic_tensors())
+        before += [torch.zeros_like(t) for t in tensors[len(before):]]
         with torch.no_grad():
             changes = torch.cat([((t.detach() - b) * weight).reshape(-1).to(figures.dtype) for t, b in zip(tensors, before)]
                                 + [figures])

@@ -69,8 +69,10 @@ class ElmanRNN(Network):
     def forward(self, x: Tensor) -> Tensor:
         return self.readout(self.rnn(x)[0][:, -1])
 
-    def levels_for(self, x: Tensor) -> list[Level]:
-        steps = x.shape[1]
+    def levels_for(self, x: Tensor | None) -> list[Level]:
+        """z_1 .. z_T and z_out for a batch x of T tokens; x=None: one time step, the structure
+        (which parameters each kind of level reads) for rules that draw per parameter."""
+        steps = 1 if x is None else x.shape[1]
         rnn = self.rnn
         rate = RateFunction([ActivationOp(self.activation)])
         bias_ih = rnn.bias_ih_l0 if self.has_bias else None

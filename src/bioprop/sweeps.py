@@ -30,11 +30,14 @@ def backward_sweep(
     derivative: Callable[[Tensor], Tensor] | None = None,
     scale: float = 1.0,
     parameters: bool = True,
+    input_grads: list | None = None,
 ) -> tuple[list[Tensor], list[list[Tensor]]]:
     """(deltas delta_1..delta_L, per-level parameter VJPs) of the sweep in the module docstring.
 
     feedback[l] replaces level l+1's forward weight in its input VJP (None: the weight itself);
-    derivative replaces the activations' f'; with parameters=False no parameter VJP is taken."""
+    derivative replaces the activations' f'; with parameters=False no parameter VJP is taken;
+    input_grads, a list of len(levels), receives A_l^T delta_l at index l-1 (the credit rule's
+    credit, in r_{l-1}'s shape; the top entry is left alone)."""
     levels = forward.levels
     n = len(levels)
     deltas: list[Tensor] = [None] * n  # type: ignore[list-item]
@@ -52,18 +55,24 @@ def backward_sweep(
         elif needs_input:
             grad_r = level.input_vjp(deltas[index], forward.rates[index], weight)
         if needs_input:
+            if input_grads is not None:
+                input_grads[below] = grad_r
             delta = levels[below].rate.vjp(grad_r, forward.contexts[below], derivative)
             deltas[below] = delta if scale == 1.0 else scale * delta
     return deltas, changes
 
 
-def pool(net: Network, levels, per_level: Sequence[Sequence[Tensor] | None]) -> list[Tensor | None]:
-    """Per-level parameter changes added up per parameter of `net` (None: untouched)."""
+def pool(net: Network, levels, per_level: Sequence[Sequence[Tensor] | None],
+         slots: Sequence[Sequence[int]] | None = None) -> list[Tensor | None]:
+    """Per-level parameter changes added up per parameter of `net` (None: untouched); `slots`,
+    net.parameter_slots(levels) if the caller has it already."""
+    if slots is None:
+        slots = net.parameter_slots(levels)
     totals: list[Tensor | None] = [None] * len(net.parameters_list())
-    for slots, changes in zip(net.parameter_slots(levels), per_level):
+    for level_slots, changes in zip(slots, per_level):
         if changes is None:
             continue
-        for slot, change in zip(slots, changes):
+        for slot, change in zip(level_slots, changes):
             totals[slot] = change if totals[slot] is None else totals[slot] + change
     return totals
 

@@ -92,13 +92,15 @@ class LearningRule:
     def _step(self, net: Network, x: Tensor, y: Tensor, trace: bool) -> StepResult:
         raise NotImplementedError
 
-    def prepare(self, net: Network) -> None:
+    def prepare(self, net: Network, x: Tensor | None = None) -> None:
         """Create now what the rule draws lazily for `net` on its first step (feedback matrices, a
-        downstream pathway); nothing for rules without such state."""
+        downstream pathway; `x`, a batch, where the shapes depend on the input); nothing for rules
+        without such state."""
 
     def plastic_tensors(self) -> list[Tensor]:
-        """The tensors besides the network's parameters that a step writes in place (KP's feedback,
-        the circuit's downstream pathway); data-parallel training combines their changes too."""
+        """The tensors besides the network's parameters that a step changes (KP's feedback, the
+        circuit's downstream pathway), as they are now; data-parallel training combines their
+        changes too. A rule may rebind them (a new list each step): the caller asks again."""
         return []
 
     def options(self) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 Only the paper's summary survives (figure captions, the start of Theorem 1), so the equations
 below are *our reconstruction*, not the paper's text; docs/circuit.md says which is which.
 
-The upstream pathway is the bioprop.MLP (weights W_l, hidden activation f, D_l = f'(z_l)). The
+The upstream pathway is the network: a chain of Linear levels (a bioprop.MLP, or a wrapped
+nn.Sequential of Linear layers each followed by one elementwise activation), weights W_l, hidden
+activations f_l, D_l = f_l'(z_l). The
 rule owns a downstream pathway with, per hidden level l = 1..L-1, a population of width
 m_l = r_l n_l and three plastic matrices besides W_l:
 
@@ -50,6 +52,12 @@ lambda_max(c H_l) stays near 1 -- H is not what grows --, but single small or hi
 give steps several times the typical one, which with the circuit's noisier update throw the
 network off (test accuracy 0.967 -> 0.893 in one step); the bound scales down those steps only.
 
+Networks. The circuit is stated for fully connected layers: every pathway matrix has the shape of
+a layer's width, and D_l is elementwise. On Linear-only networks it runs as above (`linear_levels`
+checks); its form on conv levels (what the downstream population of a feature map is, whether V
+and V̄ share weights over positions) and on recurrent ones is a research question, so other nets
+are refused with a BioPropError naming the rules that run there.
+
 Notation map: the paper's W, W̄, V, V̄ keep their names; the paper's downstream activities h̄ are
 our hb_l; levels are indexed forward like every bioprop network (SPEC.md conventions).
 Options beyond the SPEC's default (the V/V̄ rule, which synapse types are plastic, g, the
@@ -58,6 +66,7 @@ ratio per level, per-type learning rates and init scales) exist to search the de
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -65,14 +74,33 @@ import torch
 from ..activations import get_activation
 from ..measures import cosine
 from ..errors import BioPropError
-from ..network import MLP
-from .base import LearningRule, check_positive
+from ..levels import LinearLevel
+from ..network import Network
+from .base import LearningRule, StepResult, check_positive
 from .feedback import draw_uniform, xavier_bound
 
 Tensor = torch.Tensor
 
 SYNAPSE_TYPES = ("W", "Wbar", "V", "Vbar")
 DOWNSTREAM_ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid", "leaky_relu")
+
+
+@dataclass
+class CircuitStepResult(StepResult):
+    """One step of the circuit. deltas: eps_1 .. eps_{L-1}; gradient_estimates: per entry of
+    net.parameters_list(), what W_l's update uses in place of dLoss/dW_l (<a_l h_{l-1}ᵀ>, the
+    error's at the top), None for the biases; teaching a_l and downstream hb_l per hidden level."""
+
+    deltas: list = field(default_factory=list)
+    gradient_estimates: list = field(default_factory=list)
+    teaching: list = field(default_factory=list)
+    downstream: list = field(default_factory=list)
+
+
+def _per_parameter(net: Network, weights: Sequence[Tensor], estimates: Sequence[Tensor]) -> list:
+    """W_l's estimates at W_l's entries of net.parameters_list() (an MLP's: the first L), None elsewhere."""
+    slot = {id(w): estimate for w, estimate in zip(weights, estimates)}
+    return [slot.get(id(p)) for p in net.parameters_list()]
 
 
 def _delta_cross(hb: Tensor, eps: Tensor, teaching: Tensor) -> Tensor:
@@ -95,6 +123,36 @@ CROSS_RULES: dict[str, tuple[Callable[[Tensor, Tensor, Tensor], Tensor], bool]] 
     "hebbian": (_hebbian_cross, True),
     "anti_hebbian": (_anti_hebbian_cross, True),
 }
+
+
+#: the rules that run on conv and recurrent levels, for the circuit's refusal
+RULES_ON_EVERY_NETWORK = ("bp", "fa", "kp", "sign", "dfa", "credit")
+
+
+def linear_levels(net: Network, x: Tensor | None = None) -> list[LinearLevel]:
+    """The levels of a Linear-only network (see "Networks" in the module docstring), or a BioPropError."""
+    if not isinstance(net, Network):
+        raise BioPropError(f"net: expected a bioprop.Network (a bioprop.MLP or bioprop.wrap(model)), got {type(net).__name__}")
+    try:
+        levels = net.levels_for(x)
+    except (AttributeError, TypeError):
+        levels = None
+    kinds = sorted({level.name for level in levels}) if levels is not None else ["recurrent time steps"]
+    fits = levels is not None and all(isinstance(level, LinearLevel) for level in levels) and all(
+        level.rate.activation is not None for level in levels[:-1]
+    ) and levels[-1].rate.is_identity
+    if not fits:
+        raise BioPropError(
+            f"net: the circuit runs on Linear-only networks (an MLP, or a wrapped Sequential of Linear layers each "
+            f"followed by one elementwise activation); {net.describe()} has {', '.join(kinds)} levels. Its conv and "
+            f"recurrent form is a research question; on this net use one of {', '.join(RULES_ON_EVERY_NETWORK)}"
+        )
+    return levels
+
+
+def layer_sizes(levels: Sequence[LinearLevel]) -> list[int]:
+    """[n_0, n_1, ..., n_L] of a chain of Linear levels."""
+    return [levels[0].weight.shape[1]] + [level.weight.shape[0] for level in levels]
 
 
 class FourSynapseCircuit(LearningRule):
@@ -237,9 +295,9 @@ class FourSynapseCircuit(LearningRule):
             )
         return [max(1, round(r * n)) for r, n in zip(ratios, hidden)]
 
-    def initialize(self, net: MLP) -> None:
+    def initialize(self, net: Network) -> None:
         """Draw W̄, V, V̄ for `net` as independent uniform Glorot draws times their scales."""
-        sizes = list(net.sizes)
+        sizes = layer_sizes(linear_levels(net))
         shapes = self.pathway_shapes(sizes)
         scales = {"to_downstream": self.scale_v, "to_teaching": self.scale_vbar, "feedback": self.scale_wbar}
         order = ("to_downstream", "to_teaching", "feedback")  # the draw order fixes what a seed gives
@@ -253,12 +311,20 @@ class FourSynapseCircuit(LearningRule):
         self.sizes = sizes
         self.step_sizes = None  # a new pathway starts the step bound's running means afresh
 
-    def _ensure_initialized(self, net: MLP) -> None:
+    def prepare(self, net: Network, x: Tensor | None = None) -> None:
         if self.sizes is None:
             self.initialize(net)
-        elif self.sizes != list(net.sizes):
+
+    def plastic_tensors(self) -> list[Tensor]:
+        """W̄, V, V̄ (written in place) and the step bound's running means (rebound each step)."""
+        return [*self.feedback, *self.to_downstream, *self.to_teaching, *(self.step_sizes or [])]
+
+    def _ensure_initialized(self, net: Network, sizes: list[int]) -> None:
+        if self.sizes is None:
+            self.initialize(net)
+        elif self.sizes != sizes:
             raise BioPropError(
-                f"net: sizes {net.sizes} differ from the {self.sizes} this circuit's downstream pathway was drawn for; "
+                f"net: sizes {sizes} differ from the {self.sizes} this circuit's downstream pathway was drawn for; "
                 "use a new rule (or call rule.initialize(net)) for a different network"
             )
         if self.to_downstream and (self.to_downstream[0].dtype != net.dtype or self.to_downstream[0].device != net.device):
@@ -275,12 +341,12 @@ class FourSynapseCircuit(LearningRule):
         """H_l = V̄_l V̄_lᵀ for l = 1..L-1 (Theorem 1's matrix learning rate, up to c)."""
         return [vbar @ vbar.T for vbar in self.to_teaching]
 
-    def alignment(self, net: MLP) -> dict[str, list[float]]:
+    def alignment(self, net: Network) -> dict[str, list[float]]:
         """How far self-assembly has gone, per level (see diagnostics for the definitions)."""
         if self.sizes is None:
             return {}
-        L = net.n_layers
-        weights = net.weights
+        weights = [level.weight for level in linear_levels(net)]
+        L = len(weights)
         kp = [cosine(self.feedback[l - 2] @ self.to_downstream[l - 1], weights[l - 1].T) for l in range(2, L)]
         if L > 1:
             kp.append(cosine(self.feedback[-1], weights[-1].T))
@@ -290,30 +356,34 @@ class FourSynapseCircuit(LearningRule):
         }
 
     # -- one step ------------------------------------------------------------------------------------
-    def feedback_sweep(self, net: MLP, rates: list[Tensor], preactivations: list[Tensor], error: Tensor):
+    def feedback_sweep(self, net: Network, rates: list[Tensor], preactivations: list[Tensor], error: Tensor):
         """The downstream signals of one batch: (eps_1..eps_{L-1}, hb_1..hb_{L-1}, a_1..a_{L-1})."""
-        L = net.n_layers
-        derivative = net.activation.derivative
+        levels = linear_levels(net)
+        L = len(levels)
+        derivatives = [level.rate.activation.derivative for level in levels[:-1]]  # D_l = f_l'(z_l)
         eps: list[Tensor] = [None] * (L - 1)  # type: ignore[list-item]
         downstream: list[Tensor] = [None] * (L - 1)  # type: ignore[list-item]
         teaching: list[Tensor] = [None] * (L - 1)  # type: ignore[list-item]
         if L == 1:
             return eps, downstream, teaching
-        eps[L - 2] = derivative(preactivations[L - 2]) * (error @ self.feedback[-1].T)
+        eps[L - 2] = derivatives[L - 2](preactivations[L - 2]) * (error @ self.feedback[-1].T)
         for l in range(L - 1, 0, -1):
             downstream[l - 1] = self.g(eps[l - 1] @ self.to_downstream[l - 1].T)
             teaching[l - 1] = downstream[l - 1] @ self.to_teaching[l - 1].T
             if l > 1:
-                eps[l - 2] = derivative(preactivations[l - 2]) * (downstream[l - 1] @ self.feedback[l - 2].T)
+                eps[l - 2] = derivatives[l - 2](preactivations[l - 2]) * (downstream[l - 1] @ self.feedback[l - 2].T)
         return eps, downstream, teaching
 
-    def _step(self, net: MLP, x: Tensor, y: Tensor, trace: bool) -> dict[str, Any]:
-        self._ensure_initialized(net)
+    def _step(self, net: Network, x: Tensor, y: Tensor, trace: bool) -> CircuitStepResult:
+        levels = linear_levels(net)
+        self._ensure_initialized(net, layer_sizes(levels))
+        weights = [level.weight for level in levels]
+        biases = [level.bias for level in levels if level.bias is not None]
         forward = net.forward_pass(x)
         output = forward.output
         error = self.loss.output_error(output, y)
         eps, downstream, teaching = self.feedback_sweep(net, forward.rates, forward.preactivations, error)
-        L = net.n_layers
+        L = len(levels)
         batch = x.shape[0]
         rates = forward.rates
         # what each W_l's update uses in place of dLoss/dW_l: the error at the top, a_l below
@@ -344,9 +414,9 @@ class FourSynapseCircuit(LearningRule):
                 cross.append(increment)
 
         if "W" in self.plastic:
-            for w, estimate in zip(net.weights, estimates):
+            for w, estimate in zip(weights, estimates):
                 w.data.mul_(1 - self.lr * self.lam).add_(estimate, alpha=-self.lr)
-            for b, signal in zip(net.biases or [], signals):
+            for b, signal in zip(biases, signals):
                 b.data.add_(signal.mean(dim=0), alpha=-self.lr)
         feedback_rates = [self.learning_rate_wbar] * (L - 2) + [self.lr]
         for matrix, hebbian, rate in zip(self.feedback, hebbian_fb, feedback_rates):
@@ -358,17 +428,9 @@ class FourSynapseCircuit(LearningRule):
             for matrix, increment in zip(self.to_teaching, cross):
                 matrix.mul_(1 - self.kappa).add_(increment.T, alpha=self.eta_vbar)
 
-        info: dict[str, Any] = {
-            "loss": float(self.loss(output, y)),
-            "output": output,
-            "deltas": eps,
-            "gradient_estimates": estimates,
-            "teaching": teaching,
-            "downstream": downstream,
-        }
-        if trace:
-            info["trace"] = []
-        return info
+        return CircuitStepResult(float(self.loss(output, y)), output, [] if trace else None, deltas=eps,
+                                 gradient_estimates=_per_parameter(net, weights, estimates), teaching=teaching,
+                                 downstream=downstream)
 
     def bound_steps(self, estimates: list[Tensor]) -> list[Tensor]:
         """The step bound's factors s_l = min(1, tau m_l / ||G_l||) (0-d tensors, no host sync),

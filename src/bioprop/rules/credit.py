@@ -43,30 +43,45 @@ MLP with L weight layers firing is exact after L iterations and credit after L -
 or L (inject); fewer diverge from BP (`bioprop verify --rule credit` prints the table).
 
 Two implementations of the same dynamics (`dynamics`):
-- "layered", for a bioprop.MLP: the block structure of the layered network, at BP's cost.
-  To the fixpoint, firing is the forward pass layer by layer and credit one sweep
-  c_{l-1} = (g_l * c_l) @ W_l down the layers, since a layered network settles in one pass.
-  With a cut, all layers are updated synchronously from rest for k sweeps, exactly as the
-  dense network would (tested equal). `converged` is then known from the depth: k >= L for
-  firing, k >= L - 1 (clamp) or L (inject) for credit.
+- "layered", for any layered bioprop.Network (an MLP, a wrapped nn.Sequential with Linear and
+  conv levels, an ElmanRNN unrolled over its tokens): the levels of SPEC.md 1b at BP's cost.
+  Neurons are the entries of each level's rates r_l; a level's synapses are its affine map A_l
+  (a conv kernel's shared synapses, an RNN's W_hh shared by all time steps), the net input of
+  level l's neurons is z_l, and the balance function takes the place of the activation's
+  derivative in the rate VJP (`RateFunction.vjp(..., derivative=balance)`; a pooling's routing
+  is kept). Credit lives on the rates, c_l in r_l's shape, and passes down as
+
+      c_{l-1} = A_l^T [ g_l'(z_l)^T c_l ]   (for an MLP: W_l^T (g(z_l) * c_l)),
+
+  the input VJP of the drive c_l g(z_l); the top level's drive is c_L * g(z_L) (g := 1 there when
+  g = sigma': a linear output), and every parameter's change is lr times the parameter VJP of its
+  levels' drives, batch mean, summed over the levels that share it (BPTT's sum over time steps).
+  To the fixpoint, firing is the forward pass and credit one backward sweep
+  (`bioprop.sweeps.backward_sweep` with derivative=balance), since a layered network settles in
+  one pass. With a cut, all levels are updated synchronously from rest for k sweeps, exactly as
+  the dense network would (tested equal on an MLP). `converged` is then known from the depth:
+  k >= L for firing, k >= L - 1 (clamp) or L (inject) for credit, with L the number of levels
+  (an ElmanRNN's T time steps plus its readout).
 - "dense", for a bioprop.RateNetwork (and, on request, an MLP embedded with
   RateNetwork.from_mlp): the (n, n) circuit iterated until an iteration changes the state by
   at most `tol` relative (default 1024 ulp) or `max_steps` iterations have run. A process that
-  does not settle is reported (a RuntimeWarning and *_converged False in the info dict) and the
+  does not settle is reported (a RuntimeWarning and *_converged False in the result) and the
   update is still applied, from the unsettled state.
-"auto" picks "layered" for an MLP and "dense" for a RateNetwork.
+"auto" picks "layered" for a Network (an MLP included) and "dense" for a RateNetwork.
 """
 from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..balance import Balance, get_balance
 from ..errors import BioPropError
-from ..network import MLP
+from ..network import MLP, ForwardPass, Network
+from ..sweeps import backward_sweep, pool
 from ..rate_network import (
     RateNetwork,
     Settling,
@@ -75,12 +90,39 @@ from ..rate_network import (
     settle_credit,
     weight_change,
 )
-from .base import LearningRule, check_batch, check_int, check_positive, sgd_write
+from .base import LearningRule, StepResult, check_batch, check_int, check_positive, sgd_write
 
 Tensor = torch.Tensor
 
 OUTPUT_MODES = ("clamp", "inject")
 DYNAMICS = ("auto", "layered", "dense")
+
+
+@dataclass
+class CreditStepResult(StepResult):
+    """One step of the credit rule.
+
+    credit:               layered: c_1 .. c_L, each in its level's rates' shape; dense: c (B, n)
+    deltas:               layered: delta_l = -c_l g(z_l) of the hidden levels (BP's d_l at the
+                          fixpoint with g = sigma'); None for the dense circuit
+    gradient_estimates:   layered: per entry of net.parameters_list(), -<drive (dz/dtheta)>, the
+                          update being -lr times it; None for the dense circuit
+    rates, net_input:     dense: the settled firing x and net input s; None when layered
+    firing_/credit_ steps, converged, residual: see Settling; converged: both converged
+    """
+
+    credit: list | Tensor | None = None
+    deltas: list | None = None
+    gradient_estimates: list | None = None
+    rates: Tensor | None = None
+    net_input: Tensor | None = None
+    firing_steps: int = 0
+    firing_converged: bool = True
+    firing_residual: float = 0.0
+    credit_steps: int = 0
+    credit_converged: bool = True
+    credit_residual: float = 0.0
+    converged: bool = True
 
 
 class SettlingWarning(RuntimeWarning):
@@ -174,22 +216,31 @@ class CreditRule(LearningRule):
 
     # -- one training step --------------------------------------------------------------------
     def step(self, net, x, y, trace=False):
-        """One training step; `net` is a bioprop.MLP or a bioprop.RateNetwork.
+        """One training step; `net` is a bioprop.Network (an MLP, a wrapped nn.Sequential, an
+        ElmanRNN) or a bioprop.RateNetwork.
 
-        MLP: x (B, n_0), y (B, n_L) or (B,) labels, as for every rule. RateNetwork: x (B,
-        n_inputs) is the stimulus of the input neurons and y (B, n_outputs) or (B,) labels the
-        targets of the output neurons. The info dict holds "loss" and "output" (before the
-        update), "credit", firing_/credit_ "steps", "converged" and "residual" (see Settling),
-        "converged" (both), and with trace=True "trace": per iteration {"phase", "step", state}.
+        Network: x in its input shape, y (B, n_L) or (B,) labels, as for every rule. RateNetwork:
+        x (B, n_inputs) is the stimulus of the input neurons and y (B, n_outputs) or (B,) labels
+        the targets of the output neurons. The CreditStepResult holds loss and output (before the
+        update), credit, firing_/credit_ steps, converged and residual (see Settling), converged
+        (both), and with trace=True the trace: per iteration {"phase", "step", state}.
         """
         if isinstance(net, RateNetwork):
             if self.dynamics == "layered":
-                raise BioPropError("dynamics='layered' is the block form of a bioprop.MLP; a RateNetwork runs 'dense' (or 'auto')")
+                raise BioPropError("dynamics='layered' is the block form of a layered bioprop.Network; a RateNetwork runs 'dense' (or 'auto')")
             x, y = check_rate_batch(net, x, y)
             with torch.no_grad():
                 return self._dense_step(net, x, y, trace)
-        if not isinstance(net, MLP):
-            raise BioPropError(f"net: expected a bioprop.MLP or a bioprop.RateNetwork, got {type(net).__name__}")
+        if not isinstance(net, Network):
+            raise BioPropError(
+                f"net: expected a network (bioprop.wrap(model), a bioprop.ElmanRNN, a bioprop.MLP or a "
+                f"bioprop.RateNetwork), got {type(net).__name__}"
+            )
+        if self.dynamics == "dense" and not isinstance(net, MLP):
+            raise BioPropError(
+                f"dynamics='dense' embeds a bioprop.MLP in the n x n circuit (RateNetwork.from_mlp); {net.describe()} "
+                "runs dynamics='layered' (or 'auto')"
+            )
         x, y = check_batch(net, x, y)
         with torch.no_grad():
             if self.dynamics == "dense":
@@ -219,17 +270,10 @@ class CreditRule(LearningRule):
         sgd_write(net.W, dW)
         if net.bias is not None:
             sgd_write(net.bias, db)
-        info = {
-            "loss": float(self.loss(output, y)),
-            "output": output,
-            "rates": rates,
-            "net_input": s,
-            "credit": credit,
-            **_settling_info(firing, credit_settling),
-        }
-        if trace:
-            info["trace"] = _trace(firing_record, credit_record)
-        return info
+        return CreditStepResult(
+            float(self.loss(output, y)), output, _trace(firing_record, credit_record) if trace else None,
+            credit=credit, rates=rates, net_input=s, **_settling_info(firing, credit_settling),
+        )
 
     def _warn_unsettled(self, firing: Settling, credit_settling: Settling, dtype) -> None:
         tol = default_tolerance(dtype) if self.tol is None else self.tol
@@ -252,101 +296,105 @@ class CreditRule(LearningRule):
             parameter.copy_(value)
         return info
 
-    # -- the layered block form ---------------------------------------------------------------
-    def _layered_step(self, net: MLP, x: Tensor, y: Tensor, trace: bool):
-        n_layers = net.n_layers
-        needed_firing, needed_credit = settling_steps_needed(n_layers, self.output_mode)
+    # -- the layered form ---------------------------------------------------------------------
+    def _layered_step(self, net: Network, x: Tensor, y: Tensor, trace: bool):
+        n_levels = len(net.levels_for(x)) if not isinstance(net, MLP) else net.n_layers
+        needed_firing, needed_credit = settling_steps_needed(n_levels, self.output_mode)
         firing_cut = self.firing_steps if self.firing_steps is not None else (needed_firing if trace else None)
         credit_cut = self.credit_steps if self.credit_steps is not None else (needed_credit if trace else None)
         firing_record = [] if trace else None
         credit_record = [] if trace else None
 
-        rates, preactivations, residual = _layered_firing(net, x, firing_cut, firing_record)
+        forward, residual = _layered_firing(net, x, firing_cut, firing_record)
         firing = Settling(needed_firing if firing_cut is None else firing_cut,
                           firing_cut is None or firing_cut >= needed_firing, residual)
-        output = preactivations[-1]
-        error = -self.loss.output_error(output, y)
-        gains = self._layered_gains(net, preactivations)
-        credit, residual = _layered_credit(net, error, gains, self.output_mode, credit_cut, credit_record)
+        output = forward.output
+        output_error = self.loss.output_error(output, y)  # e = dLoss/dz_L; the clamped credit is -e
+        derivative = None if self._balance.is_derivative else self._balance
+        output_gain = None if derivative is None else self._balance(output)
+        levels = forward.levels
+        batch = output.shape[0]
+        # every map below is linear in the error: sweeping e / batch makes the parameter VJPs the
+        # batch means <c g (dz/dtheta)> themselves (no pass over every weight-sized total)
+        if credit_cut is None:
+            # the fixpoint: one sweep, delta_l = -c_l g(z_l), c_{l-1} = -A_l^T delta_l
+            passed_down: list = [None] * len(levels)
+            top = output_error if output_gain is None else output_error * output_gain
+            scaled, per_level = backward_sweep(forward, top / batch, derivative=derivative, input_grads=passed_down)
+            deltas = [delta * batch for delta in scaled[:-1]] + [top]
+            credit = [-grad * batch for grad in passed_down[:-1]] + [-output_error]
+            residual = 0.0
+        else:
+            credit, residual = _layered_credit(forward, -output_error, derivative, output_gain, self.output_mode,
+                                               credit_cut, credit_record)
+            deltas = [-_drive(forward, index, c, derivative, output_gain) for index, c in enumerate(credit)]
+            per_level = [level.parameter_vjp(delta / batch, rates, side)
+                         for level, delta, rates, side in zip(levels, deltas, forward.rates, forward.sides)]
         credit_settling = Settling(needed_credit if credit_cut is None else credit_cut,
                                    credit_cut is None or credit_cut >= needed_credit, residual)
 
-        biases = net.biases
-        drives = [c if g is None else c * g for c, g in zip(credit, gains)]  # c_l g(z_l): BP's -d_l at the fixpoint
-        batch = x.shape[0]
-        # <c_l g(z_l) h_{l-1}ᵀ>, in BP's sign convention for bioprop.diagnostics: G_l = -<.>, and dW_l = -lr G_l
-        estimates = [-(drive.T @ presynaptic) / batch for drive, presynaptic in zip(drives, rates)]
-        for layer, (weight, drive, estimate) in enumerate(zip(net.weights, drives, estimates)):
-            weight.data.add_(estimate, alpha=-self.lr)
-            if biases is not None:
-                biases[layer].data.add_(drive.mean(dim=0), alpha=self.lr)
-        info = {
-            "loss": float(self.loss(output, y)),
-            "output": output,
-            "credit": credit,
-            "deltas": [-drive for drive in drives[:-1]],  # delta_l = -c_l g(z_l)
-            "gradient_estimates": estimates,
+        # G = -<c g (dz/dtheta)>, BP's sign convention for bioprop.diagnostics; the change is -lr G
+        estimates = pool(net, levels, per_level)
+        for parameter, estimate in zip(net.parameters_list(), estimates):
+            if estimate is not None:
+                parameter.data.add_(estimate, alpha=-self.lr)
+        return CreditStepResult(
+            float(self.loss(output, y)), output, _trace(firing_record, credit_record) if trace else None,
+            credit=credit, deltas=deltas[:-1], gradient_estimates=estimates,
             **_settling_info(firing, credit_settling),
-        }
-        if trace:
-            info["trace"] = _trace(firing_record, credit_record)
-        return info
-
-    def _layered_gains(self, net: MLP, preactivations: list[Tensor]) -> list[Tensor | None]:
-        """g(z_l) for l = 1..L; None where g is 1 (sigma' of the linear output layer)."""
-        if self._balance.is_derivative:
-            return [net.activation.derivative(z) for z in preactivations[:-1]] + [None]
-        return [self._balance(z) for z in preactivations]
+        )
 
 
-def _layered_firing(net: MLP, x: Tensor, steps: int | None, record: list | None):
-    """Rates h_0..h_{L-1} and net inputs z_1..z_L after `steps` synchronous sweeps from rest
-    (None: the fixpoint, i.e. the forward pass), and the last sweep's relative change."""
+def _drive(forward: ForwardPass, index: int, credit: Tensor, derivative, output_gain: Tensor | None) -> Tensor:
+    """c_l g(z_l) at level `index`: the rate VJP of c_l with the balance in place of f' (times
+    g(z_L) at the top, where the rate function is the identity)."""
+    drive = forward.levels[index].rate.vjp(credit, forward.contexts[index], derivative)
+    if index == len(forward.levels) - 1 and output_gain is not None:
+        drive = drive * output_gain
+    return drive
+
+
+def _layered_firing(net: Network, x: Tensor, steps: int | None, record: list | None) -> tuple[ForwardPass, float]:
+    """The forward pass after `steps` synchronous sweeps from rest (None: the fixpoint, i.e. the
+    forward pass): every level's z_l from the rates of the sweep before, and the rates r_l after
+    the last sweep; and the last sweep's relative change."""
+    settled = net.forward_pass(x)
     if steps is None:
-        sweep = net.forward_pass(x)
-        return sweep.rates, sweep.preactivations, 0.0
-    n_layers = net.n_layers
-    input_rates = net.input_rates(x)
-    batch = x.shape[0]
-    state = [torch.zeros(batch, size, dtype=x.dtype, device=x.device) for size in net.sizes[1:]]  # rates of layers 1..L
+        return settled, 0.0
+    levels, sides = settled.levels, settled.sides
+    input_rates = settled.rates[0]
+    state = [torch.zeros_like(r) for r in settled.rates[1:]] + [torch.zeros_like(settled.output)]  # rates r_1..r_L
     residual = math.inf
     preactivations: list[Tensor] = []
+    contexts: list = []
     for t in range(1, steps + 1):
         presynaptic = [input_rates] + state[:-1]
-        preactivations = [net.layer_input(layer, presynaptic[layer - 1]) for layer in range(1, n_layers + 1)]
-        new = [net.activation(z) for z in preactivations[:-1]] + [preactivations[-1]]  # linear output
+        preactivations = [level.forward(r, side) for level, r, side in zip(levels, presynaptic, sides)]
+        fired = [level.rate.forward(z) for level, z in zip(levels, preactivations)]
+        new = [r for r, _ in fired]
+        contexts = [context for _, context in fired]
         residual = _relative_change(new, state)
         state = new
         if record is not None:
             record.append([input_rates] + state)
-    return [input_rates] + state[:-1], preactivations, residual
+    return ForwardPass([input_rates] + state[:-1], preactivations, levels, sides, contexts), residual
 
 
-def _layered_credit(net: MLP, error: Tensor, gains: list, mode: str, steps: int | None, record: list | None):
-    """Credit c_1..c_L after `steps` synchronous sweeps from rest (None: the fixpoint, one
-    sweep down the layers), and the last sweep's relative change. The outputs send no synapses,
-    so their credit is the clamped error, or in inject mode 0 + the injected error from the
-    first sweep on."""
-    weights = net.weights
-    n_layers = net.n_layers
-
-    def passed_down(layer: int, credit_above: Tensor) -> Tensor:
-        """c_{layer-1} = W_layer^T (g_layer * c_layer), row-wise."""
-        gain = gains[layer - 1]
-        drive = credit_above if gain is None else credit_above * gain
-        return drive @ weights[layer - 1]
-
-    if steps is None:
-        credit = [error]
-        for layer in range(n_layers, 1, -1):
-            credit.insert(0, passed_down(layer, credit[0]))
-        return credit, 0.0
-    batch = error.shape[0]
-    state = [torch.zeros(batch, size, dtype=error.dtype, device=error.device) for size in net.sizes[1:-1]]
+def _layered_credit(forward: ForwardPass, error: Tensor, derivative, output_gain, mode: str, steps: int,
+                    record: list | None):
+    """Credit c_1..c_L after `steps` synchronous sweeps from rest, and the last sweep's relative
+    change. The outputs send no synapses, so their credit is the clamped error, or in inject mode
+    0 + the injected error from the first sweep on."""
+    levels = forward.levels
+    state = [torch.zeros_like(r) for r in forward.rates[1:]]
     state.append(error if mode == "clamp" else torch.zeros_like(error))
     residual = math.inf
     for t in range(1, steps + 1):
-        new = [passed_down(layer + 1, state[layer]) for layer in range(1, n_layers)] + [error]
+        new = [
+            levels[index + 1].input_vjp(_drive(forward, index + 1, state[index + 1], derivative, output_gain),
+                                        forward.rates[index + 1])
+            for index in range(len(levels) - 1)
+        ] + [error]
         residual = _relative_change(new, state)
         state = new
         if record is not None:
@@ -380,4 +428,4 @@ def _trace(firing_record: list, credit_record: list) -> list[dict[str, Any]]:
     ]
 
 
-__all__ = ["CreditRule", "SettlingWarning", "settling_steps_needed"]
+__all__ = ["CreditRule", "CreditStepResult", "SettlingWarning", "settling_steps_needed"]

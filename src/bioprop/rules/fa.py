@@ -11,9 +11,15 @@ B_l of W_l^T's shape (n_{l-1}, n_l), drawn once (U(-a, a), a = gain(f) sqrt(6/(n
 forward weights come to align with B (W_l^T ~ B_l in direction), which `feedback_alignment(net)`
 measures as cos(B_l, W_l^T) per layer.
 
+On any chain of levels (SPEC.md 1b; `feedback.py`): delta_{l-1} = g'_{l-1}^T [A_l^T delta_l] with
+B_l in place of the forward weight in the input VJP, B_l in the level's feedback layout (W^T's
+shape for a Linear or Elman level, the kernel's own shape for a conv level, where the transposed
+convolution uses B_l as its kernel), and every parameter's update the parameter VJP with these
+deltas. An ElmanRNN's time steps share one B for W_hh.
+
 Notation map: the paper's e = y* - y is our -e (its updates carry a + sign); its B is our B_l;
-it treats one hidden layer, we apply the same sweep to every layer. With B_l = W_l^T the rule
-is BP (tested against autograd).
+it treats one hidden layer, we apply the same sweep to every layer. With B_l = W_l^T (B = W for a
+conv kernel) the rule is BP (tested against autograd on MLPs, conv nets and the RNN).
 
 Options: feedback_scale (1.0, multiplies the draw), seed (0, seeds the draw; the trainer passes
 its --seed).

@@ -12,9 +12,16 @@ all from the values before the step. Subtracting, B_l - W_l^T <- (1 - lr * decay
 the random start is forgotten geometrically and B_l converges to W_l^T (BP's feedback), using
 only quantities local to each synapse (h_{l-1} and delta_l meet at both W_l and B_l).
 
+On any chain of levels (`feedback.py`): B_l is in the level's feedback layout and receives W_l's
+update in that layout, B_l <- B_l - lr * to_feedback_layout(G_l) - lr * decay * B_l (a conv
+kernel's feedback receives the kernel's own update; a Linear level's the transpose), G_l W_l's
+gradient estimate pooled over the levels that share it (an ElmanRNN's W_hh: summed over its time
+steps). B_l - layout(W_l) then shrinks by (1 - lr * decay) per step on every net.
+
 Notation map: Akrout et al. write the updates as dW = -eta delta h^T - lambda W and
 dB = -eta h delta^T - lambda B; our lr is eta and lr * decay is lambda (decay scales with lr so
-it keeps its meaning when lr changes). Biases do not decay.
+it keeps its meaning when lr changes). Biases do not decay (every parameter of two or more
+dimensions is a weight and decays; vectors are biases).
 
 Options: decay (default 1e-4), feedback_scale (1.0, the initial draw), seed (0; the trainer
 passes its --seed). decay = 0 keeps B_l - W_l^T at its initial value; alignment then grows
@@ -27,7 +34,7 @@ cost 1.5 and 5 points (seed 0) while aligning B_l further (cos 1.0 at 1e-2, 0.3-
 from __future__ import annotations
 
 from .base import check_positive
-from .feedback import FeedbackRule, decay_and_descend, sgd_step
+from .feedback import FeedbackRule, decay_and_descend
 
 
 class KolenPollack(FeedbackRule):
@@ -46,8 +53,15 @@ class KolenPollack(FeedbackRule):
     def options(self):
         return {**super().options(), "decay": self.decay}
 
-    def _write(self, net, weight_estimates, bias_estimates):
+    def plastic_tensors(self):
+        """The learnt feedback B (written in place by every step)."""
+        return list(self._drawn or [])
+
+    def _write(self, parameters, levels, keyed, estimates):
         # B_l's update reads only B_l and G_l (computed before any write), so order is free
-        sgd_step(net, weight_estimates, bias_estimates, self.lr, self.decay)
-        for matrix, estimate in zip(self._drawn, weight_estimates[1:]):
-            decay_and_descend(matrix, estimate.T, self.lr, self.decay)
+        for parameter, estimate in zip(parameters, estimates):
+            if estimate is not None:
+                decay_and_descend(parameter.data, estimate, self.lr, self.decay if parameter.dim() > 1 else 0.0)
+        for matrix, (slot, uses) in zip(self._drawn, keyed):
+            if estimates[slot] is not None:
+                decay_and_descend(matrix, levels[uses[0]].to_feedback_layout(estimates[slot]), self.lr, self.decay)

@@ -18,8 +18,12 @@ with magnitudes M_l of W_l^T's shape (n_{l-1}, n_l), fixed:
 - magnitude="random": M_l = |R_l|, R_l drawn once like fa's B_l (see `feedback.py`);
   Xiao et al.'s sign-concordant feedback with random magnitudes.
 
-sign(0) = 0: a synapse that is exactly zero sends no feedback. Notation map: the papers' V (or
-B) is our B_l, their W our W_l.
+sign(0) = 0: a synapse that is exactly zero sends no feedback. On any chain of levels
+(`feedback.py`): B_l = to_feedback_layout(sign(W_l)) * M_l, M_l in the level's feedback layout
+(a conv level's feedback is the kernel's signs times M_l, used in the transposed convolution),
+and s_l = gain(f) sqrt(2/(fan_in+fan_out)) * feedback_scale with the level's feedback fans (for a
+Linear level its (n_in, n_out), as above). Notation map: the papers' V (or B) is our B_l, their
+W our W_l.
 
 Options: magnitude ("unit" or "random"), feedback_scale (1.0), seed (0; draws the random
 magnitudes; the trainer passes its --seed).
@@ -32,7 +36,7 @@ import torch
 
 from ..errors import BioPropError
 from ..network import _xavier_gain
-from .feedback import FeedbackRule, draw_uniform, xavier_bound
+from .feedback import FeedbackRule, activation_name
 
 MAGNITUDES = ("unit", "random")
 
@@ -58,17 +62,20 @@ class SignSymmetry(FeedbackRule):
     def options(self):
         return {**super().options(), "magnitude": self.magnitude}
 
-    def _draw(self, net):
-        shapes = self.drawn_shapes(net.sizes)
+    def _draw(self, net, levels, forward):
         if self.magnitude == "random":
-            bounds = [xavier_bound(shape, net.activation.name, self.feedback_scale) for shape in shapes]
-            return [draw.abs() for draw in draw_uniform(shapes, bounds, self.seed)]
-        gain = _xavier_gain(net.activation.name)
-        return [
-            torch.full(shape, gain * math.sqrt(2.0 / sum(shape)) * self.feedback_scale, dtype=torch.float64)
-            for shape in shapes
-        ]
+            return [draw.abs() for draw in super()._draw(net, levels, forward)]
+        magnitudes = []
+        for _, uses in self.keyed_levels(net, levels, forward):
+            level = levels[uses[0]]
+            below = levels[uses[0] - 1].rate if uses[0] > 0 else level.rate
+            rms = _xavier_gain(activation_name(below)) * math.sqrt(2.0 / sum(level.feedback_fans())) * self.feedback_scale
+            magnitudes.append(torch.full(self.drawn_shape(net, levels, uses[0], forward), rms, dtype=torch.float64))
+        return magnitudes
 
-    def feedback(self, net):
-        """B_l = sign(W_l)^T * M_l from the current forward weights."""
-        return [torch.sign(weight).T * magnitude for weight, magnitude in zip(net.weights[1:], self.drawn(net))]
+    def feedback_from(self, net, levels, keyed):
+        """B_l = to_feedback_layout(sign(W_l)) * M_l from the current forward weights."""
+        return [
+            levels[uses[0]].to_feedback_layout(torch.sign(levels[uses[0]].forward_weight)) * magnitude
+            for (_, uses), magnitude in zip(keyed, self._drawn)
+        ]
