@@ -173,3 +173,15 @@ def test_bad_arguments_exit_2(argv, capsys):
 def test_mlp_spec_names_the_widths():
     assert mlp_spec([8, 6, 3]).name == "mlp 8-6-3"
     assert network_spec("mlp").sizes == (784, 256, 256, 256, 10)
+
+
+def test_a_case_stops_at_its_share_of_the_time_budget_after_the_minimum_rounds():
+    from bioprop.benchmark import Budget, Settings, time_interleaved
+
+    settings = Settings(repeats=6, warmup=0, block_time=1e-4, threads=1, min_repeats=3)
+    reference, rule = time_interleaved(lambda: None, lambda: None, settings, allowance=0.0)
+    assert reference.blocks == rule.blocks == 3
+    reference, rule = time_interleaved(lambda: None, lambda: None, settings)
+    assert reference.blocks == rule.blocks == 6 and len(rule.samples) == 6
+    budget = Budget(0.0, cases=4)
+    assert budget.next_case() == 0.0 and budget.cases_left == 3

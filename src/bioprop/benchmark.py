@@ -26,7 +26,8 @@ error of a rule not yet ported to that network), the row says "not supported: <r
 both steps are warmed up, each step's block size k is chosen so that a block of k steps lasts
 about `--block-time` seconds, and `--repeats` rounds are run, each timing one block of the
 reference and one block of the rule, in the order ABBA ABBA ... so that slow drifts of a shared
-machine hit both alike. Blocks are timed with `torch.utils.benchmark.Timer.timeit(k)` (which
+machine hit both alike. The run keeps to `--time-budget` seconds: each case may use the time left
+divided by the cases left, and stops early (after at least 3 rounds) when its share is spent. Blocks are timed with `torch.utils.benchmark.Timer.timeit(k)` (which
 re-warms with two untimed steps, runs k steps, and synchronises CUDA only before reading the
 clock, around the block, never inside a step), with the thread count fixed to `--threads`. The
 blocks of one side are merged (`Measurement.merge`: block time / k is one sample per block);
@@ -216,7 +217,24 @@ class Settings:
     warmup: int = 3
     block_time: float = 0.02
     threads: int = 1
+    #: seconds the whole run may spend timing; shared out among the cases still to run
+    time_budget: float = 240.0
+    min_repeats: int = 3
     max_block: int = 1000
+
+
+class Budget:
+    """Shares `seconds` out among `cases`: each case may use what is left over the cases left
+    (a case that is not supported, or finishes early, leaves its share to the rest)."""
+
+    def __init__(self, seconds: float, cases: int):
+        self.deadline = time.perf_counter() + seconds
+        self.cases_left = max(cases, 1)
+
+    def next_case(self) -> float:
+        allowance = max(self.deadline - time.perf_counter(), 0.0) / self.cases_left
+        self.cases_left = max(self.cases_left - 1, 1)
+        return allowance
 
 
 def _timer(step: Callable[[], None], label: str, threads: int) -> Timer:
@@ -235,12 +253,17 @@ def _summary(blocks: list[Measurement], steps: int) -> Timing:
     return Timing(min(times), merged.median, max(times), len(times), steps, list(times))
 
 
-def time_interleaved(reference: Callable[[], None], rule: Callable[[], None], settings: Settings) -> tuple[Timing, Timing]:
-    """(reference, rule) seconds per step, timed in alternating blocks (ABBA ...)."""
+def time_interleaved(reference: Callable[[], None], rule: Callable[[], None], settings: Settings,
+                     allowance: float = math.inf) -> tuple[Timing, Timing]:
+    """(reference, rule) seconds per step, timed in alternating blocks (ABBA ...): `repeats`
+    rounds, or fewer (but at least `min_repeats`) once `allowance` seconds are spent."""
+    started = time.perf_counter()
     timers = (_timer(reference, "reference", settings.threads), _timer(rule, "rule", settings.threads))
     steps = [_steps_per_block(t, settings) for t in timers]
     blocks: tuple[list[Measurement], list[Measurement]] = ([], [])
     for round_index in range(settings.repeats):
+        if round_index >= settings.min_repeats and time.perf_counter() - started > allowance:
+            break
         order = (0, 1) if round_index % 2 == 0 else (1, 0)
         for side in order:
             blocks[side].append(timers[side].timeit(steps[side]))
@@ -300,7 +323,7 @@ def _reason(error: Exception) -> str:
 
 
 def benchmark_case(spec: NetworkSpec, label: str, rule_name: str, options: dict, batch_size: int, dtype: torch.dtype,
-                   device: torch.device, settings: Settings) -> CaseRow:
+                   device: torch.device, settings: Settings, allowance: float = math.inf) -> CaseRow:
     net, model = build_pair(spec, dtype, device)
     batch = make_batch(spec, batch_size, dtype, device)
     row = CaseRow(label, rule_name, dict(options), supported=True)
@@ -311,7 +334,7 @@ def benchmark_case(spec: NetworkSpec, label: str, rule_name: str, options: dict,
 
     try:
         rule_step()  # a rule not ported to this network fails here, whatever it raises
-        reference, timed = time_interleaved(reference_step(spec, model, batch), rule_step, settings)
+        reference, timed = time_interleaved(reference_step(spec, model, batch), rule_step, settings, allowance)
     except Exception as error:  # noqa: BLE001 -- any failure of a rule's step is reported as its row
         row.supported, row.reason = False, _reason(error)
         return row
@@ -322,12 +345,16 @@ def benchmark_case(spec: NetworkSpec, label: str, rule_name: str, options: dict,
 
 
 def benchmark(spec: NetworkSpec, cases: dict[str, tuple[str, dict]], batch_size: int, dtype: torch.dtype,
-              device: torch.device, settings: Settings, progress: Callable[[str], None] | None = None) -> NetworkResult:
+              device: torch.device, settings: Settings, budget: Budget | None = None,
+              report: Callable[[CaseRow], None] | None = None) -> NetworkResult:
+    """Every case on one network; `report` sees each row as soon as it is measured."""
     result = NetworkResult(spec)
     for label, (rule_name, options) in cases.items():
-        if progress:
-            progress(f"{spec.name}: {label}")
-        result.rows.append(benchmark_case(spec, label, rule_name, options, batch_size, dtype, device, settings))
+        allowance = budget.next_case() if budget else math.inf
+        row = benchmark_case(spec, label, rule_name, options, batch_size, dtype, device, settings, allowance)
+        result.rows.append(row)
+        if report:
+            report(row)
     bp = next((row for row in result.rows if row.rule == "bp" and row.ratio is not None), None)
     for row in result.rows:
         if bp is not None and row.ratio is not None:
@@ -361,19 +388,28 @@ def _ratio_text(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}x"
 
 
-def print_table(result: NetworkResult) -> None:
-    spec = result.spec
-    print(f"\n{spec.name}: {spec.description}, loss {spec.loss}; plain PyTorch step "
-          f"{result.reference_median_ms() or float('nan'):.3f} ms (median over cases)")
-    print(f"  {'rule':<22}{'ms/step min / median / max':>30}{'torch ms':>10}{'x torch':>9}{'paired':>8}{'x BP':>8}")
-    for row in result.rows:
-        if not row.supported:
-            print(f"  {row.case:<22}  not supported: {row.reason}")
-            continue
-        ms, ref = row.rule_timing.ms(), row.reference_timing.ms()
-        spread = f"{ms['min']:.3f} / {ms['median']:.3f} / {ms['max']:.3f}"
-        print(f"  {row.case:<22}{spread:>30}{ref['median']:>10.3f}{_ratio_text(row.ratio):>9}"
-              f"{_ratio_text(row.paired_ratio):>8}{_ratio_text(row.ratio_to_bp):>8}")
+def print_header(spec: NetworkSpec) -> None:
+    print(f"\n{spec.name}: {spec.description}, loss {spec.loss}")
+    print(f"  {'rule':<22}{'ms/step min / median / max':>30}{'torch ms':>10}{'x torch':>9}{'paired':>8}{'blocks':>7}")
+
+
+def print_row(row: CaseRow) -> None:
+    if not row.supported:
+        print(f"  {row.case:<22}  not supported: {row.reason}", flush=True)
+        return
+    ms, ref = row.rule_timing.ms(), row.reference_timing.ms()
+    spread = f"{ms['min']:.3f} / {ms['median']:.3f} / {ms['max']:.3f}"
+    print(f"  {row.case:<22}{spread:>30}{ref['median']:>10.3f}{_ratio_text(row.ratio):>9}"
+          f"{_ratio_text(row.paired_ratio):>8}{row.rule_timing.blocks:>7}", flush=True)
+
+
+def print_summary(result: NetworkResult) -> None:
+    """The plain-PyTorch step, and each case against our own bp rule."""
+    reference = result.reference_median_ms()
+    versus_bp = ", ".join(f"{row.case} {row.ratio_to_bp:.2f}x" for row in result.rows if row.ratio_to_bp is not None)
+    print(f"  plain PyTorch step: {reference if reference is not None else float('nan'):.3f} ms (median over cases)")
+    if versus_bp:
+        print(f"  x BP (ratio to our bp rule's ratio): {versus_bp}")
 
 
 def markdown_table(results: list[NetworkResult], env: dict, command: str) -> str:
@@ -445,6 +481,9 @@ def configure_parser(parser) -> None:
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps per side (default 3; --quick 1)")
     parser.add_argument("--block-time", type=float, default=None,
                         help="seconds one timed block should last; sets steps per block (default 0.02; --quick 0.002)")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds of timing for the whole run, shared among the cases; a case stops after "
+                             "--repeats rounds or its share, with at least 3 rounds (default 240; --quick 30)")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run: few, short blocks")
     parser.add_argument("--rules", nargs="+", default=None, help=f"subset of the cases to time (rule names: {rule_names()}); bp is always timed")
     parser.add_argument("--json-out", type=Path, default=None, help="write the results as JSON here")
@@ -471,11 +510,14 @@ def _settings(args) -> Settings:
         warmup=args.warmup if args.warmup is not None else (1 if quick else 3),
         block_time=args.block_time if args.block_time is not None else (0.002 if quick else 0.02),
         threads=args.threads if args.threads is not None else torch.get_num_threads(),
+        time_budget=args.time_budget if args.time_budget is not None else (30.0 if quick else 240.0),
     )
     if settings.repeats < 1 or settings.warmup < 0 or args.batch < 1 or settings.threads < 1:
         raise BioPropError("--repeats, --batch and --threads must be >= 1 and --warmup >= 0")
-    if not (math.isfinite(settings.block_time) and settings.block_time > 0):
-        raise BioPropError(f"--block-time {settings.block_time}: give a positive number of seconds")
+    for flag, value in (("--block-time", settings.block_time), ("--time-budget", settings.time_budget)):
+        if not (math.isfinite(value) and value > 0):
+            raise BioPropError(f"{flag} {value}: give a positive number of seconds")
+    settings.min_repeats = min(settings.min_repeats, settings.repeats)
     return settings
 
 
@@ -508,16 +550,18 @@ def run(args) -> int:
           f"; torch {env['torch']}, bioprop {env['bioprop']}, {settings.threads} threads, device {device}, "
           f"{args.dtype}, batch {args.batch}\n"
           f"  per case: {settings.warmup} warm-up steps, then {settings.repeats} rounds of interleaved blocks "
-          f"(reference, rule; ABBA) of ~{settings.block_time * 1e3:g} ms; min / median / max over blocks; "
-          f"x torch = median / reference median")
+          f"(reference, rule; ABBA) of ~{settings.block_time * 1e3:g} ms, within a {settings.time_budget:g} s budget; "
+          f"min / median / max over blocks; x torch = median / reference median; paired = median of the rounds' ratios")
     started = time.perf_counter()
     results = []
     threads_before = torch.get_num_threads()
     torch.set_num_threads(settings.threads)  # building and probing too, not only the timed blocks
     try:
+        budget = Budget(settings.time_budget, len(specs) * len(cases))
         for spec in specs:
-            result = benchmark(spec, cases, args.batch, dtype, device, settings)
-            print_table(result)
+            print_header(spec)
+            result = benchmark(spec, cases, args.batch, dtype, device, settings, budget, print_row)
+            print_summary(result)
             results.append(result)
     finally:
         torch.set_num_threads(threads_before)
