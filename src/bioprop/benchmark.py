@@ -453,10 +453,12 @@ def results_json(results: list[NetworkResult], env: dict, settings: Settings, co
         "environment": env,
         "settings": asdict(settings),
         "learning_rate": LEARNING_RATE,
-        "method": ("per case: fresh network and plain-PyTorch copy with the same weights; warm-up; then "
-                   f"{settings.repeats} rounds of one reference block and one rule block (ABBA order), each block "
-                   "k steps timed by torch.utils.benchmark.Timer.timeit(k); min/median/max over blocks of "
-                   "block time / k; ratio = rule median / reference median; ratio_to_bp = ratio / bp's ratio"),
+        "method": ("per case: fresh network and plain-PyTorch copy with the same weights; warm-up; then up to "
+                   f"{settings.repeats} rounds (at least {settings.min_repeats}, fewer when the case's share of the "
+                   f"{settings.time_budget:g} s budget is spent) of one reference block and one rule block (ABBA "
+                   "order), each block k steps timed by torch.utils.benchmark.Timer.timeit(k); min/median/max over "
+                   "blocks of block time / k; ratio = rule median / reference median; paired_ratio = median over "
+                   "rounds of rule block / reference block; ratio_to_bp = ratio / bp's ratio"),
         "reference": "torch.optim.SGD: opt.zero_grad(); loss = loss_fn(model(x), y); loss.backward(); opt.step()",
         "networks": [
             {"network": r.spec.name, "description": r.spec.description, "loss": r.spec.loss,
