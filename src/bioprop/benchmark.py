@@ -418,7 +418,7 @@ def markdown_table(results: list[NetworkResult], env: dict, command: str) -> str
     header = "| rule | " + " | ".join(f"{r.spec.name} ({r.spec.loss})" for r in results) + " |"
     lines = [
         f"`{command}`: {env['cpu']}" + (f", {env['gpu']}" if env["gpu"] else "") +
-        f", {env['device']}, {env['threads']} threads, torch {env['torch']}, bioprop {env['bioprop']}, "
+        f", {env['device']}, threads {env['threads']}, torch {env['torch']}, bioprop {env['bioprop']}, "
         f"batch {env['batch']}, {env['dtype']}.",
         "",
         "Cells: median time per step as a ratio to plain PyTorch's on the same network and batch "
