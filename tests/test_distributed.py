@@ -73,3 +73,65 @@ def test_unsharded_local_steps_would_differ(two_process_results):
     for x, y in batches("mlp"):
         rule.step(net, x[:32], y[:32])
     assert max(relative_difference(p.detach(), q) for p, q in zip(net.parameters_list(), two_process_results["bp"])) > 1e-3
+
+
+# -- bioprop train under torchrun ------------------------------------------------------------------
+def _train_args(out, epochs):
+    return ["--rule", "zil", "--dataset", "digits", "--hidden", "16", "--epochs", str(epochs), "--batch-size", "64",
+            "--dtype", "float64", "--quiet", "--out", str(out)]
+
+
+def test_two_process_train_writes_one_run_equal_to_one_process_and_resumes(tmp_path):
+    # oracle: the same `bioprop train` in one process; then --resume of the 2-process run under
+    # torchrun continues it like the 1-process run continued alone
+    from bioprop import cli
+
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert cli.main(["train", *_train_args(single, 1)]) == 0
+    finished = _torchrun(["-m", "bioprop", "train", *_train_args(double, 1)])
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    names = sorted(p.name for p in double.iterdir())
+    assert names == sorted(p.name for p in single.iterdir()), names  # one folder, no per-rank leftovers
+    config = (double / "config.yaml").read_text()
+    assert "processes: 2" in config
+
+    def weights(folder):
+        return torch.load(folder / "model.pt", weights_only=True)
+
+    a, b = weights(single), weights(double)
+    assert a.keys() == b.keys()
+    assert max(relative_difference(b[k], a[k]) for k in a) <= 1e-10
+    metrics_a = [line for line in (single / "metrics.jsonl").read_text().splitlines()]
+    metrics_b = [line for line in (double / "metrics.jsonl").read_text().splitlines()]
+    import json
+    ra, rb = json.loads(metrics_a[0]), json.loads(metrics_b[0])
+    assert ra["test_acc"] == rb["test_acc"] and ra["train_acc"] == rb["train_acc"]
+    assert abs(ra["train_loss"] - rb["train_loss"]) <= 1e-10 * abs(ra["train_loss"])
+
+    assert cli.main(["train", "--resume", str(single), "--epochs", "2", "--quiet"]) == 0
+    resumed = _torchrun(["-m", "bioprop", "train", "--resume", str(double), "--epochs", "2", "--quiet"])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    a, b = weights(single), weights(double)
+    assert max(relative_difference(b[k], a[k]) for k in a) <= 1e-10
+    # the loaded run is the trained network
+    run = bioprop.load_run(double)
+    assert run.epoch == 2 and all(torch.equal(p, b[k]) for k, p in run.net.state_dict().items() if k in b)
+
+
+def test_a_failing_rank_ends_the_whole_run_with_an_error(tmp_path):
+    # one rank fails on its input (a model factory that raises on LOCAL_RANK 1): the run must exit
+    # non-zero with the rank's message, within the timeout, not hang
+    factory = tmp_path / "flaky.py"
+    factory.write_text(
+        "import os\nfrom torch import nn\n\n"
+        "def build(image_shape, n_classes):\n"
+        "    if os.environ.get('LOCAL_RANK') == '1':\n"
+        "        raise ValueError('rank 1 cannot build this model')\n"
+        "    c, h, w = image_shape\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, n_classes))\n"
+    )
+    failed = _torchrun(["-m", "bioprop", "train", "--rule", "bp", "--dataset", "digits", "--model", f"{factory}:build",
+                        "--epochs", "1", "--out", str(tmp_path / "run")], timeout=180)
+    assert failed.returncode != 0
+    assert "rank 1 cannot build this model" in failed.stdout + failed.stderr
+    assert not (tmp_path / "run" / "model.pt").exists()
