@@ -23,7 +23,7 @@ def test_ablation_only_intact_zil_has_zero_divergence():
 def test_reproduce_command_writes_its_tables(tmp_path, capsys):
     out = tmp_path / "ablation"
     assert main(["reproduce", "song2020-ablation", "--epochs", "1", "--depths", "1", "--out", str(out)]) == 0
-    assert {p.name for p in out.iterdir()} == {"ablation.csv", "ablation.json", "ablation.md"}
+    assert {p.name for p in out.iterdir()} == {"ablation.csv", "ablation.json", "ablation.md", "ablation.png"}
     assert "Z-IL (C1-C3 hold)" in capsys.readouterr().out
 
 

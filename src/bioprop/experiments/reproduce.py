@@ -1,4 +1,8 @@
-"""`bioprop reproduce NAME`: the papers' experiments, each with a quick default and --full."""
+"""`bioprop reproduce NAME`: the papers' experiments, each with a quick default and --full.
+
+Every experiment writes its tables (CSV, JSON, markdown with a provenance line) and figures
+(PNG) into results/NAME by default (--out DIR to choose) and shows its progress on stderr
+(--quiet: none); see outputs.py."""
 from __future__ import annotations
 
 import importlib
@@ -26,7 +30,7 @@ def configure_parser(parser) -> None:
         sub = experiments.add_parser(name, help=help_text, description=help_text)
         module = importlib.import_module(module_name)
         module.configure_parser(sub)
-        sub.set_defaults(_experiment=module.run)
+        sub.set_defaults(_experiment=module.run, _command=f"reproduce {name}")
 
 
 def run(args) -> int:
