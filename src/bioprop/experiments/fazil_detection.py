@@ -204,7 +204,7 @@ def run(args) -> int:
     if any(t < 1 for t in args.t_d) or settings["pairs"] < 1 or args.streams < 1:
         raise BioPropError("--t-d values, --pairs and --streams must be >= 1")
     outputs.set_quiet(args.quiet)
-    load_dataset(settings["dataset"], data_dir=args.data_dir)  # a missing data set fails now, before the folder exists
+    data = load_dataset(settings["dataset"], data_dir=args.data_dir)  # a missing data set fails now, before the folder exists
     out = outputs.start(args, NAME)
     outputs.say(f"Fa-Z-IL detection on {settings['dataset']}: {settings['pairs']} pairs x {len(settings['seeds'])} seed(s), "
                 f"hidden {args.hidden}, {args.activation}, {args.streams} stream(s)")
@@ -216,7 +216,7 @@ def run(args) -> int:
     print(format_table(rows))
     if notes:
         print("\n" + notes)
-    sizes = "-".join(map(str, ["in", *args.hidden, "out"]))
+    sizes = "-".join(map(str, [data.n_features, *args.hidden, data.n_classes]))
     title = f"Fa-Z-IL detection success against t_d ({settings['dataset']}, {sizes} {args.activation}, paper Table 3)"
     out.tables("detection", title, rows, settings, outputs.markdown_table(rows, COLUMNS),
                notes="Success: phi fired exactly at its layer's step and nowhere else; paper: the paper's Table 3."
