@@ -165,3 +165,22 @@ def test_dynamics_firing_settles_before_credit_moves(tmp_path):
     assert all(row["weight_change"] > 0 for row in rows[credit_end + 1:])
     assert rows[credit_end]["credit_change"] <= tol * credit(rows[credit_end])
     assert summary["loss_after"] < summary["loss_before"]
+
+
+# -- the docs quote what the command prints ----------------------------------------------------------
+def test_docs_dynamics_table_is_what_the_command_prints(tmp_path, capsys):
+    # docs/credit.md section 3 quotes `bioprop reproduce fan2024-dynamics` (defaults): every row of its
+    # table must be a row the command prints now, and the provenance line under it names that command
+    from pathlib import Path
+
+    from bioprop import __version__
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "credit.md").read_text()
+    section = docs[docs.index("## 3. The three timescales"):docs.index("## What matches the paper")]
+    quoted = [line for line in section.splitlines() if line.startswith(("| firing |", "| credit |", "| plasticity |"))]
+    assert len(quoted) == 3
+    assert f"made by `bioprop reproduce fan2024-dynamics` (quick default), bioprop {__version__}" in section
+    assert main(["reproduce", "fan2024-dynamics", "--quiet", "--out", str(tmp_path / "dynamics")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    for line in quoted:
+        assert line in printed, f"docs/credit.md quotes {line!r}; the command prints {printed}"

@@ -119,3 +119,49 @@ def test_unknown_rule_fails_before_training_or_writing(tmp_path, capsys):
     out = tmp_path / "never"
     assert main(["reproduce", "liao2024-accuracy", "--dataset", "digits", "--rules", "bp", "nope", *TINY, "--out", str(out)]) == 2
     assert "rule='nope' is not known" in capsys.readouterr().err and not out.exists()
+
+
+# -- figures -----------------------------------------------------------------------------------------
+def captured_figure(monkeypatch):
+    """Replace save_figure by a recorder; returns the list the figures land in."""
+    from bioprop.experiments import outputs
+
+    figures = []
+    monkeypatch.setattr(outputs, "save_figure", lambda figure, path: figures.append(figure))
+    return figures
+
+
+def width_row(activation, ratio, mean, std):
+    return {"activation": activation, "ratio": ratio, "acc_mean": mean, "acc_std": std, "h_condition": 10.0,
+            "h_condition_init": 20.0, "h_rank_fraction": 0.8, "h_rank_fraction_init": 0.7}
+
+
+def test_width_figure_zooms_to_the_rows_that_learn(monkeypatch, tmp_path):
+    from bioprop.experiments import liao2024_width as width
+
+    rows = [width_row("identity", 1.0, 0.90, 0.01), width_row("identity", 5.0, 0.93, 0.01),
+            width_row("relu", 1.0, 0.10, 0.0), width_row("relu", 5.0, 0.102, 0.0),
+            {**width_row("BP (reference)", None, 0.95, 0.005), "h_condition": None}]
+    # closed form: [0.89 - 0.1 * 0.065, 0.955 + 0.1 * 0.065]: the learning rows' mean ± std, a 10% margin
+    low, high = width.accuracy_window(rows, chance=0.1)
+    assert abs(low - 0.8835) < 1e-12 and abs(high - 0.9615) < 1e-12
+    figures = captured_figure(monkeypatch)
+    width.plot(rows, tmp_path / "width.png", "64-32-10", chance=0.1)
+    accuracy = figures[0].axes[0]
+    assert accuracy.get_ylim() == (low, high)
+    labels = [text.get_text() for text in accuracy.get_legend().get_texts()]
+    assert any("g = relu" in label and "below the window: 0.100-0.102" in label for label in labels)
+    # negative control: with nothing above chance the axis is left to matplotlib
+    assert width.accuracy_window([width_row("relu", 1.0, 0.10, 0.0)], chance=0.1) is None
+
+
+def test_lr_grid_figure_says_what_its_crosses_mean(monkeypatch, tmp_path):
+    from bioprop.experiments import liao2024_lr_grid as grid
+
+    rows = [{"eta_v": v, "eta_vbar": 1.0, "eta_w": 0.05, "acc_mean": acc, "acc_std": 0.0, "n": 3, "seeds": 3, "diverged": d}
+            for v, acc, d in ((0.1, 0.8, 0), (1.0, 0.1, 2))]
+    figures = captured_figure(monkeypatch)
+    grid.plot(rows, "eta_vbar", tmp_path / "lr_grid.png", "grid")
+    texts = [t.get_text() for t in figures[0].texts] + [t.get_text() for axis in figures[0].axes for t in axis.texts]
+    assert "0.100\n× 2/3" in texts and "0.800" in texts
+    assert any(text.startswith("× k/3: k of the 3 seeds diverged") for text in texts)

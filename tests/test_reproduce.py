@@ -23,7 +23,7 @@ def test_ablation_only_intact_zil_has_zero_divergence():
 def test_reproduce_command_writes_its_tables(tmp_path, capsys):
     out = tmp_path / "ablation"
     assert main(["reproduce", "song2020-ablation", "--epochs", "1", "--depths", "1", "--out", str(out)]) == 0
-    assert {p.name for p in out.iterdir()} == {"ablation.csv", "ablation.json", "ablation.md"}
+    assert {p.name for p in out.iterdir()} == {"ablation.csv", "ablation.json", "ablation.md", "ablation.png"}
     assert "Z-IL (C1-C3 hold)" in capsys.readouterr().out
 
 
@@ -39,3 +39,20 @@ def test_dynamics_shows_the_error_front(tmp_path):
     assert {r["t"] for r in curves["IL (T=20, gamma=0.1)"] if r["updated"]} == {20}
     plot(curves, tmp_path / "dynamics.png")
     assert (tmp_path / "dynamics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_docs_quote_the_dynamics_table_the_command_prints():
+    # docs/results.md quotes `bioprop reproduce song2020-dynamics` (defaults): its table rows must be
+    # the rows the command's summary prints now (IL's layer 1 at 0.0133 against BP's delta 0.0453, ...)
+    from pathlib import Path
+
+    from bioprop.experiments import outputs
+    from bioprop.experiments.song2020_dynamics import COLUMNS, dynamics, summary_rows
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
+    section = docs[docs.index("## One training step, inside"):docs.index("## Training on digits")]
+    quoted = [line for line in section.splitlines() if line.startswith(("| IL ", "| Z-IL ", "| Fa-Z-IL "))]
+    assert len(quoted) == 12
+    assert "made by `bioprop reproduce song2020-dynamics` (quick default)" in section
+    printed = outputs.markdown_table(summary_rows(dynamics()), COLUMNS).splitlines()
+    assert quoted == printed[2:]

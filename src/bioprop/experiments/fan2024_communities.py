@@ -234,6 +234,7 @@ def measure(net: RateNetwork, seed: int, sources: int) -> dict:
 def sweep(settings: dict, progress: bool = True) -> tuple[list[dict], list[dict], dict]:
     """Every (r, seed): (table rows, one per r; per-run records; {r: (W, membership)} of the first seed)."""
     rows, runs, examples = [], [], {}
+    shown = outputs.Progress(len(settings["lrs"]) * len(settings["seeds"]), "runs") if progress else None
     for lr in settings["lrs"]:
         records = []
         for seed in settings["seeds"]:
@@ -246,12 +247,12 @@ def sweep(settings: dict, progress: bool = True) -> tuple[list[dict], list[dict]
             records.append(record)
             if seed == settings["seeds"][0] and membership is not None:
                 examples[lr] = (net.W.detach().clone(), membership)
+            if shown is not None:
+                shown.done(f"r={lr:g} seed {seed}: Q={record['q']:.3f}")
         runs.extend(records)
         rows.append(summarise(lr, records))
-        if progress:
-            row = rows[-1]
-            outputs.say(f"  r={lr:<8g} Q={row['q_mean']:.3f}±{row['q_std']:.3f} share={row['share_mean']:.3f} "
-                       f"(shuffled Q={row['q_shuffled']:.3f})  {sum(r['seconds'] for r in records):.0f}s")
+    if shown is not None:
+        shown.close()
     return rows, runs, examples
 
 
@@ -363,7 +364,7 @@ def configure_parser(parser) -> None:
     parser.add_argument("--balance", default=None, help="balance g (a bioprop.balance name)" + shown("balance"))
     parser.add_argument("--width", type=float, default=None, help="width of a gaussian balance" + shown("width"))
     parser.add_argument("--init-scale", type=float, default=None, help="initial w ~ N(0, scale^2/(n-1))" + shown("init_scale"))
-    parser.add_argument("--out", default=None, metavar="DIR", help=f"output folder (default results/{NAME})")
+    outputs.add_output_arguments(parser, NAME)
 
 
 def resolve_settings(args) -> dict:
@@ -395,7 +396,7 @@ def resolve_settings(args) -> dict:
 def run(args) -> int:
     leiden()
     settings = resolve_settings(args)
-    out = outputs.output_folder(args.out, NAME)
+    out = outputs.start(args, NAME)
     outputs.say(f"{NAME}: {settings}")
     rows, runs, examples = sweep(settings)
     markdown = outputs.markdown_table(rows, COLUMNS)
@@ -405,11 +406,11 @@ def run(args) -> int:
              f"within share = fraction of sum |w| inside communities; 'shuffled' = the same networks with every row "
              f"permuted (in-degree and in-strength kept); hub share = fraction of sum |w| received by the top "
              f"{HUB_FRACTION:.0%} neurons by in-strength; (1 - p)^T = {survivors:.3f}.")
-    outputs.write_tables(out, "communities", f"Community structure against the learning rate (n = {settings['n']})", rows,
-                        settings, markdown, notes, extra={"runs": runs})
-    plot_sweep(rows, out / "communities.png",
+    out.tables("communities", f"Community structure against the learning rate (n = {settings['n']})", rows,
+               settings, markdown, notes, extra={"runs": runs})
+    plot_sweep(rows, out.path("communities.png"),
                f"all-to-all n = {settings['n']}, T = {settings['iterations']}, p = {settings['prune']:.3g}, "
                f"noise {settings['firing_noise']:g}/{settings['credit_noise']:g}, {len(settings['seeds'])} seeds")
-    plot_heat_maps(rows, examples, out / "heatmaps.png", settings["seeds"][0])
-    outputs.say(f"wrote {out}/communities.csv, .json, .md, communities.png, heatmaps.png")
+    plot_heat_maps(rows, examples, out.path("heatmaps.png"), settings["seeds"][0])
+    out.report()
     return 0

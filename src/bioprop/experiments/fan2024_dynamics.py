@@ -187,7 +187,7 @@ def configure_parser(parser) -> None:
                             ("tol", float, "settling tolerance (largest change of a rate or a credit, relative)"),
                             ("seed", int, "seed of the weights and the training pair")):
         parser.add_argument("--" + key.replace("_", "-"), type=kind, default=DEFAULTS[key], help=f"{text} (default {DEFAULTS[key]})")
-    parser.add_argument("--out", default=None, metavar="DIR", help=f"output folder (default results/{NAME})")
+    outputs.add_output_arguments(parser, NAME)
 
 
 def resolve_settings(args) -> dict:
@@ -203,13 +203,14 @@ def resolve_settings(args) -> dict:
 
 def run(args) -> int:
     settings = resolve_settings(args)
+    outputs.set_quiet(args.quiet)
+    outputs.say(f"{NAME}: {settings}")
     rows, summary = dynamics(settings)
-    out = outputs.output_folder(args.out, NAME)
+    out = outputs.start(args, NAME)
     table = outputs.markdown_table(summary_rows(summary), SUMMARY_COLUMNS)
     print(table)
-    outputs.write_tables(out, "dynamics", "Three timescales for one training pair", rows, settings, table,
-                        notes="dynamics.csv holds one row per iteration t (every neuron's rate and credit).",
-                        extra={"summary": summary})
-    plot(rows, summary, out / "dynamics.png", settings["lr"])
-    outputs.say(f"wrote {out}/dynamics.csv, .md, .json, dynamics.png")
+    out.tables("dynamics", "Three timescales for one training pair", rows, settings, table,
+               notes="dynamics.csv holds one row per iteration t (every neuron's rate and credit).", extra={"summary": summary})
+    plot(rows, summary, out.path("dynamics.png"), settings["lr"])
+    out.report()
     return 0

@@ -268,7 +268,7 @@ def configure_parser(parser) -> None:
     parser.add_argument("--bins", type=int, default=None, help="quantile bins of |s| in analysis (a)" + shown("bins"))
     parser.add_argument("--ratio-lr", type=float, default=None, metavar="R", help="r of analysis (b)" + shown("ratio_lr"))
     parser.add_argument("--data-dir", default=None, metavar="DIR", help="folder holding the data set files (digits needs none)")
-    parser.add_argument("--out", default=None, metavar="DIR", help=f"output folder (default results/{NAME})")
+    outputs.add_output_arguments(parser, NAME)
 
 
 def resolve_settings(args) -> dict:
@@ -290,11 +290,12 @@ def run(args) -> int:
     data = load_dataset(settings["dataset"], data_dir=args.data_dir)
     if settings["pairs"] > data.test_y.shape[0]:
         raise BioPropError(f"--pairs {settings['pairs']}: the {data.name} test set has only {data.test_y.shape[0]} samples")
-    out = outputs.output_folder(args.out, NAME)
+    out = outputs.start(args, NAME)
     outputs.say(f"{NAME}: {settings}")
+    progress = outputs.Progress(4, "stages")
     initial, trained, accuracy_before, accuracy_after = train_network(settings, data)
-    outputs.say(f"  trained {'-'.join(map(str, trained.sizes))} with the credit rule: test accuracy "
-               f"{accuracy_before:.4f} -> {accuracy_after:.4f}")
+    progress.done(f"trained {'-'.join(map(str, trained.sizes))} with the credit rule: test accuracy "
+                  f"{accuracy_before:.4f} -> {accuracy_after:.4f}")
     test_x, test_y = data.test_x.to(torch.float64), data.test_y
 
     signal_rows, summaries = [], []
@@ -302,8 +303,11 @@ def run(args) -> int:
         rows, summary = signal_against_balance(RateNetwork.from_mlp(mlp), test_x, test_y, settings["bins"], state_name)
         signal_rows += rows
         summaries.append(summary)
+        progress.done(f"(a) signal against balance, {state_name} network")
     fits, points = ratio_analysis(RateNetwork.from_mlp(trained), test_x[:settings["pairs"]], test_y[:settings["pairs"]],
                                   settings["ratio_lr"])
+    progress.done("(b) dw/g against x/w")
+    progress.close()
 
     summary_table = outputs.markdown_table(summaries, SUMMARY_COLUMNS)
     signal_table = outputs.markdown_table(signal_rows, SIGNAL_COLUMNS)
@@ -313,12 +317,12 @@ def run(args) -> int:
     network = (f"{'-'.join(map(str, trained.sizes))} {settings['activation']} MLP, credit rule (= BP), CE, "
                f"{settings['epochs']} epochs: test accuracy {accuracy_before:.4f} -> {accuracy_after:.4f}")
     extra = {"accuracy_initial": accuracy_before, "accuracy_trained": accuracy_after, "summary": summaries, "ratio_fits": fits}
-    outputs.write_tables(out, "signal", "(a) Retrograde signal against balance: " + network, signal_rows, settings,
-                        summary_table + "\n\n" + signal_table, extra=extra)
-    outputs.write_tables(out, "ratio", "(b) dw_ij / g_ji against x_j / w_ij: " + network, fits, settings, ratio_table,
-                        notes="g_ji = c_i g(s_i) w_ij; dw_ij = the rule's update (after - before); the control uses "
-                              "batch means of the message and of x_j.", extra={"accuracy_trained": accuracy_after})
-    plot_signal(signal_rows, out / "signal.png", "prediction (a): " + network)
-    plot_ratio(fits, points, out / "ratio.png", settings["ratio_lr"])
-    outputs.say(f"wrote {out}/signal.csv, .json, .md, signal.png, ratio.csv, .json, .md, ratio.png")
+    out.tables("signal", "(a) Retrograde signal against balance: " + network, signal_rows, settings,
+               summary_table + "\n\n" + signal_table, extra=extra)
+    out.tables("ratio", "(b) dw_ij / g_ji against x_j / w_ij: " + network, fits, settings, ratio_table,
+               notes="g_ji = c_i g(s_i) w_ij; dw_ij = the rule's update (after - before); the control uses "
+                     "batch means of the message and of x_j.", extra={"accuracy_trained": accuracy_after})
+    plot_signal(signal_rows, out.path("signal.png"), "prediction (a): " + network)
+    plot_ratio(fits, points, out.path("ratio.png"), settings["ratio_lr"])
+    out.report()
     return 0

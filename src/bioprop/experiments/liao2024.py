@@ -26,6 +26,7 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass, field
+from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -36,7 +37,7 @@ from ..errors import BioPropError
 from ..network import MLP
 from ..rules import RULES, make_rule
 from ..training import Learner, shuffle_generator, train_epochs
-from .outputs import check_count, check_number, say
+from .outputs import Progress, check_count, check_number
 
 #: the baselines of the accuracy comparison, in the order tables list them
 BASELINES = ("bp", "fa", "kp", "sign", "dfa")
@@ -49,7 +50,8 @@ def circuit_default(option: str) -> Any:
 
 # -- command-line settings ------------------------------------------------------------------
 def add_common_arguments(parser, quick: dict, full: dict, datasets_help: str | None = None) -> None:
-    """--full, --dataset, --data-dir, --download, --epochs, --seeds, --lr, --batch, --hidden, --out."""
+    """--full, --dataset, --data-dir, --download, --epochs, --seeds, --lr, --batch, --hidden
+    (each command adds --out and --quiet with outputs.add_output_arguments)."""
     def shown(key: str) -> str:
         q, f = quick.get(key), full.get(key)
         text = lambda v: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
@@ -68,7 +70,6 @@ def add_common_arguments(parser, quick: dict, full: dict, datasets_help: str | N
                         help="learning rate of every rule (the circuit's eta_W; default: the circuit rule's default lr)")
     parser.add_argument("--batch", type=int, default=None, metavar="N", help="batch size" + shown("batch"))
     parser.add_argument("--hidden", type=int, nargs="+", default=None, metavar="N", help="hidden widths" + shown("hidden"))
-    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: results/liao2024-NAME)")
 
 
 def resolve_settings(args, quick: dict, full: dict, keys: Iterable[str] = ()) -> dict[str, Any]:
@@ -164,11 +165,12 @@ def train_run(data: Dataset, rule_name: str, hidden: Sequence[int], seed: int, e
     return net, rule, fit(net, rule, data, epochs, batch, seed, diagnostics_every)
 
 
-def run_all(jobs: Sequence[tuple[str, Callable[[], Any]]]) -> list[Any]:
-    """Run labelled jobs one after another, saying which and how long each took on stderr."""
+def run_all(jobs: Sequence[tuple[str, Callable[[], Any]]], progress: Progress | None = None) -> list[Any]:
+    """Run labelled jobs one after another; each finished job is a unit of `progress` (the
+    command's whole run, if given; else a bar or lines over these jobs alone)."""
     results = []
-    for number, (label, job) in enumerate(jobs, start=1):
-        start = time.perf_counter()
-        results.append(job())
-        say(f"  [{number}/{len(jobs)}] {label}  ({time.perf_counter() - start:.1f}s)")
+    with (Progress(len(jobs), "runs") if progress is None else nullcontext(progress)) as shown:
+        for label, job in jobs:
+            results.append(job())
+            shown.done(label)
     return results

@@ -19,6 +19,7 @@ from itertools import combinations
 from . import liao2024 as common
 from . import outputs
 
+NAME = "liao2024-ablation"
 CROSS = ("Vbar", "Wbar", "V")
 QUICK = dict(dataset="digits", hidden=[64, 64], epochs=20, seeds=[0, 1, 2], batch=50, lr=None)
 FULL = dict(dataset="cifar10", hidden=[200, 200, 200], epochs=10, seeds=[0, 1, 2], batch=50, lr=None)
@@ -45,16 +46,18 @@ def ablation_table(data, hidden, epochs, seeds, batch, lr) -> list[dict]:
     rows = []
     variants = [(label(s), "circuit", {"plastic": ",".join(("W", *s))}, "relu") for s in subsets()]
     variants.append((LINEAR, "bp", {}, "linear"))
+    progress = outputs.Progress(len(variants) * len(seeds), "runs")
     for name, rule, options, activation in variants:
         histories = common.run_all([
             (f"{name} seed {seed}", lambda seed=seed: common.train_run(data, rule, hidden, seed, epochs, batch, lr, options, activation)[2])
             for seed in seeds
-        ])
+        ], progress)
         spread = outputs.spread([h.final for h in histories])
         rows.append({
             "variant": name, "plastic": options.get("plastic", "all (bp)"), "acc_mean": spread["mean"], "acc_std": spread["std"],
             "acc_min": spread["min"], "acc_max": spread["max"], "n": spread["n"], "diverged": sum(h.diverged for h in histories),
         })
+    progress.close()
     return rows
 
 
@@ -78,19 +81,19 @@ def plot(rows: list[dict], path, title: str) -> None:
 
 def configure_parser(parser) -> None:
     common.add_common_arguments(parser, QUICK, FULL)
+    outputs.add_output_arguments(parser, NAME)
 
 
 def run(args) -> int:
     settings = common.resolve_settings(args, QUICK, FULL)
     data = common.load(settings["dataset"], args)
-    out = outputs.output_folder(args.out, "liao2024-ablation")
-    outputs.say(f"liao2024-ablation: {settings}")
+    out = outputs.start(args, NAME)
+    outputs.say(f"{NAME}: {settings}")
     rows = ablation_table(data, settings["hidden"], settings["epochs"], settings["seeds"], settings["batch"], settings["lr"])
     markdown = outputs.markdown_table(rows, COLUMNS)
     print(markdown)
     title = f"Ablation of plastic synapse types ({settings['dataset']})"
-    outputs.write_tables(out, "ablation", title, rows, settings, markdown,
-                        extra={"rule_options": common.rule_options("circuit", settings["lr"])})
-    plot(rows, out / "ablation.png", title)
-    outputs.say(f"wrote {out}/ablation.csv, .json, .md, ablation.png")
+    out.tables("ablation", title, rows, settings, markdown, extra={"rule_options": common.rule_options("circuit", settings["lr"])})
+    plot(rows, out.path("ablation.png"), title)
+    out.report()
     return 0

@@ -18,6 +18,7 @@ from ..errors import DataUnavailableError
 from . import liao2024 as common
 from . import outputs
 
+NAME = "liao2024-accuracy"
 RULES = (*common.BASELINES, "circuit")
 REQUIRED = ("digits", "fashion-mnist")
 OPTIONAL = ("mnist", "cifar10", "svhn")
@@ -50,12 +51,13 @@ def datasets(args) -> dict:
 def accuracy_table(data_sets: dict, rules, hidden, epochs, seeds, batch, lr) -> tuple[list[dict], list[dict]]:
     """(one row per data set and rule with the spread over seeds, one row per run)."""
     rows, runs = [], []
+    progress = outputs.Progress(len(data_sets) * len(rules) * len(seeds), "runs")
     for name, data in data_sets.items():
         n_epochs = epochs if isinstance(epochs, int) else epochs.get(name, epochs["other"])
         for rule in rules:
             jobs = [(f"{name} {rule} seed {seed}", lambda rule=rule, seed=seed: common.train_run(
                 data, rule, hidden, seed, n_epochs, batch, lr)[2]) for seed in seeds]
-            histories = common.run_all(jobs)
+            histories = common.run_all(jobs, progress)
             for seed, history in zip(seeds, histories):
                 runs.append({"dataset": name, "rule": rule, "seed": seed, "test_acc": history.final,
                              "diverged": history.diverged, "curve": history.test_acc, "seconds": history.seconds})
@@ -66,6 +68,7 @@ def accuracy_table(data_sets: dict, rules, hidden, epochs, seeds, batch, lr) -> 
                 "diverged": sum(h.diverged for h in histories),
                 "seconds": sum(h.seconds for h in histories) / len(histories),
             })
+    progress.close()
     return rows, runs
 
 
@@ -97,6 +100,7 @@ def configure_parser(parser) -> None:
         datasets_help="data sets, all required (default: digits and fashion-mnist; --full adds mnist, cifar10, svhn where present)",
     )
     parser.add_argument("--rules", nargs="+", default=list(RULES), metavar="RULE", help=f"rules to compare (default: {' '.join(RULES)})")
+    outputs.add_output_arguments(parser, NAME)
 
 
 def run(args) -> int:
@@ -104,16 +108,16 @@ def run(args) -> int:
     for rule in args.rules:
         common.rule_options(rule, settings["lr"])  # an unknown rule fails now, before anything is written
     data_sets = datasets(args)
-    out = outputs.output_folder(args.out, "liao2024-accuracy")
+    out = outputs.start(args, NAME)
     settings.update(dataset=list(data_sets), rules=list(args.rules))
-    outputs.say(f"liao2024-accuracy: {settings}")
+    outputs.say(f"{NAME}: {settings}")
     rows, runs = accuracy_table(data_sets, args.rules, settings["hidden"], settings["epochs"], settings["seeds"],
                                 settings["batch"], settings["lr"])
     markdown = outputs.markdown_table(rows, COLUMNS)
     print(markdown)
     options = {rule: common.rule_options(rule, settings["lr"]) for rule in args.rules}
-    outputs.write_tables(out, "accuracy", "Test accuracy: circuit vs BP and baselines", rows, settings, markdown,
-                        extra={"rule_options": options, "runs": runs})
-    plot(rows, out / "accuracy.png")
-    outputs.say(f"wrote {out}/accuracy.csv, .json, .md, accuracy.png")
+    out.tables("accuracy", "Test accuracy: circuit vs BP and baselines", rows, settings, markdown,
+               extra={"rule_options": options, "runs": runs})
+    plot(rows, out.path("accuracy.png"))
+    out.report()
     return 0

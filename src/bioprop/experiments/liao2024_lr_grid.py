@@ -12,7 +12,8 @@ effective step size scales like eta_V / eta_V̄.
 Quick: digits, 64-32-32-32-10 (four weight layers), eta_V and eta_V̄ in {0.01, 0.03, 0.1, 0.3, 1},
 20 epochs, seeds 0 1 2 (about a minute). --full: Fashion-MNIST (the caption does not name the
 data set; our choice), 784-200-200-200-10, 10 epochs, seeds 0 1 2.
-Writes lr_grid.csv/.json/.md and lr_grid.png (heat map of mean test accuracy; x: diverged).
+Writes lr_grid.csv/.json/.md and lr_grid.png (heat map of mean test accuracy; "× k/n": k of n seeds
+diverged, said in the figure).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ..errors import BioPropError
 from . import liao2024 as common
 from . import outputs
 
+NAME = "liao2024-lr-grid"
 GRID = [0.01, 0.03, 0.1, 0.3, 1.0]
 AGAINST = {"eta_vbar": ("eta_V̄", GRID), "lr": ("eta_W", [0.01, 0.03, 0.1, 0.3])}
 QUICK = dict(dataset="digits", hidden=[32, 32, 32], epochs=20, seeds=[0, 1, 2], batch=50, lr=None)
@@ -32,6 +34,7 @@ def grid_table(data, hidden, epochs, seeds, batch, lr, eta_v_values, against, ag
     """One row per (eta_V, other rate) cell with the three rates it used."""
     rows = []
     eta_vbar_default = common.circuit_default("eta_vbar")
+    progress = outputs.Progress(len(eta_v_values) * len(against_values) * len(seeds), "runs")
     for eta_v in eta_v_values:
         for other in against_values:
             eta_w, options = (other, {"eta_v": eta_v}) if against == "lr" else (lr, {"eta_v": eta_v, "eta_vbar": other})
@@ -39,13 +42,14 @@ def grid_table(data, hidden, epochs, seeds, batch, lr, eta_v_values, against, ag
                 (f"eta_V={eta_v:g} {AGAINST[against][0]}={other:g} seed {seed}",
                  lambda seed=seed, eta_w=eta_w, options=options: common.train_run(data, "circuit", hidden, seed, epochs, batch, eta_w, options)[2])
                 for seed in seeds
-            ])
+            ], progress)
             spread = outputs.spread([h.final for h in histories])
             rows.append({
                 "eta_v": eta_v, "eta_vbar": options.get("eta_vbar", eta_vbar_default), "eta_w": eta_w,
                 "acc_mean": spread["mean"], "acc_std": spread["std"], "acc_min": spread["min"], "acc_max": spread["max"],
-                "n": spread["n"], "diverged": sum(h.diverged for h in histories),
+                "n": spread["n"], "seeds": len(histories), "diverged": sum(h.diverged for h in histories),
             })
+    progress.close()
     return rows
 
 
@@ -84,7 +88,7 @@ def plot(rows: list[dict], against: str, path, title: str) -> None:
     for i, v in enumerate(eta_vs):
         for j, o in enumerate(others):
             cell = table[(v, o)]
-            text = f"{cell['acc_mean']:.3f}" + ("\n×" if cell["diverged"] else "")
+            text = f"{cell['acc_mean']:.3f}" + (f"\n× {cell['diverged']}/{cell['seeds']}" if cell["diverged"] else "")
             weight = "bold" if cell is best else "normal"
             axis.text(j, i, text, ha="center", va="center", fontsize=8, weight=weight,
                       color="white" if cell["acc_mean"] < 0.6 else "black")
@@ -94,7 +98,10 @@ def plot(rows: list[dict], against: str, path, title: str) -> None:
     axis.set_ylabel("eta_V")
     axis.set_title(title, fontsize=9)
     figure.colorbar(image, ax=axis, label="test accuracy (mean over seeds)")
-    figure.tight_layout()
+    seeds = max(r["seeds"] for r in rows)
+    figure.text(0.01, 0.01, f"× k/{seeds}: k of the {seeds} seeds diverged (non-finite loss or weights; such a run "
+                f"scores its last network, ≈ chance).  Bold: the best cell.", fontsize=7, ha="left", va="bottom", wrap=True)
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
     outputs.save_figure(figure, path)
 
 
@@ -106,6 +113,7 @@ def configure_parser(parser) -> None:
                         help="the rate on the columns: eta_vbar (eta_V̄, default) or lr (eta_W)")
     parser.add_argument("--against-values", type=float, nargs="+", default=None, metavar="RATE",
                         help="the column rates (default: 0.01 0.03 0.1 0.3 1 for eta_vbar, 0.01 0.03 0.1 0.3 for lr)")
+    outputs.add_output_arguments(parser, NAME)
 
 
 def run(args) -> int:
@@ -116,9 +124,9 @@ def run(args) -> int:
         if not all(math.isfinite(v) and v > 0 for v in values):
             raise BioPropError(f"{name} {' '.join(map(str, values))}: give rates > 0")
     data = common.load(settings["dataset"], args)
-    out = outputs.output_folder(args.out, "liao2024-lr-grid")
+    out = outputs.start(args, NAME)
     settings.update(eta_v=eta_v_values, against=args.against, against_values=against_values)
-    outputs.say(f"liao2024-lr-grid: {settings}")
+    outputs.say(f"{NAME}: {settings}")
     rows = grid_table(data, settings["hidden"], settings["epochs"], settings["seeds"], settings["batch"], settings["lr"],
                       eta_v_values, args.against, against_values)
     columns = [("eta_v", "eta_V", "g"), ("eta_vbar", "eta_V̄", "g"), ("eta_w", "eta_W", "g"), ("acc_mean", "test acc (mean)", ".4f"),
@@ -129,8 +137,7 @@ def run(args) -> int:
     print(notes)
     sizes = "-".join(map(str, [data.n_features, *settings["hidden"], data.n_classes]))
     title = f"Circuit learning rates, {settings['dataset']} {sizes}"
-    outputs.write_tables(out, "lr_grid", title, rows, settings, markdown, notes,
-                        extra={"rule_options": common.rule_options("circuit", settings["lr"])})
-    plot(rows, args.against, out / "lr_grid.png", title)
-    outputs.say(f"wrote {out}/lr_grid.csv, .json, .md, lr_grid.png")
+    out.tables("lr_grid", title, rows, settings, markdown, notes, extra={"rule_options": common.rule_options("circuit", settings["lr"])})
+    plot(rows, args.against, out.path("lr_grid.png"), title)
+    out.report()
     return 0

@@ -28,6 +28,7 @@ from ..errors import BioPropError
 from . import liao2024 as common
 from . import outputs
 
+NAME = "liao2024-spectra"
 QUICK = dict(dataset="digits", hidden=[64] * 8, epochs=60, seeds=[0], batch=50, lr=None)
 FULL = dict(dataset="svhn", hidden=[200] * 8, epochs=10, seeds=[0], batch=50, lr=None)
 
@@ -126,6 +127,7 @@ def configure_parser(parser) -> None:
     common.add_common_arguments(parser, QUICK, FULL)
     parser.add_argument("--show-layers", type=int, nargs="+", default=None, metavar="L",
                         help="hidden levels drawn as heat maps (default: the first, a middle and the last)")
+    outputs.add_output_arguments(parser, NAME)
 
 
 def run(args) -> int:
@@ -135,9 +137,9 @@ def run(args) -> int:
     if any(not 1 <= level <= depth for level in levels):
         raise BioPropError(f"--show-layers {' '.join(map(str, levels))}: give hidden levels between 1 and {depth}")
     data = common.load(settings["dataset"], args)
-    out = outputs.output_folder(args.out, "liao2024-spectra")
+    out = outputs.start(args, NAME)
     settings["show_layers"] = levels
-    outputs.say(f"liao2024-spectra: {settings}")
+    outputs.say(f"{NAME}: {settings}")
     rows, accuracies, figures = [], [], None
     for seed in settings["seeds"]:
         net, rule = common.build(data, "circuit", settings["hidden"], seed, settings["lr"])
@@ -152,9 +154,9 @@ def run(args) -> int:
         f"seed {a['seed']}: {a['test_acc']:.4f}" + (" (diverged)" if a["diverged"] else "") for a in accuracies)
     print(markdown)
     print(notes)
-    outputs.write_tables(out, "spectra", "Effective rank and correlation of H, WWᵀ, W̄W̄ᵀ per hidden level", rows, settings,
-                        markdown, notes, extra={"accuracy": accuracies, "rule_options": common.rule_options("circuit", settings["lr"])})
-    plot_heatmaps(*figures, levels, out / "heatmaps.png")
-    plot_spectra(*figures, out / "spectra.png")
-    outputs.say(f"wrote {out}/spectra.csv, .json, .md, heatmaps.png, spectra.png")
+    out.tables("spectra", "Effective rank and correlation of H, WWᵀ, W̄W̄ᵀ per hidden level", rows, settings,
+               markdown, notes, extra={"accuracy": accuracies, "rule_options": common.rule_options("circuit", settings["lr"])})
+    plot_heatmaps(*figures, levels, out.path("heatmaps.png"))
+    plot_spectra(*figures, out.path("spectra.png"))
+    out.report()
     return 0

@@ -26,10 +26,10 @@ from __future__ import annotations
 import math
 
 from ..errors import BioPropError
-from ..files import write_atomic, write_csv
 from . import liao2024 as common
 from . import outputs
 
+NAME = "liao2024-theorem1"
 BASELINES = ("fa", "kp", "sign")
 QUICK = dict(dataset="digits", hidden=[64, 64, 64], epochs=60, seeds=[0], batch=50, lr=None, every=40)
 FULL = dict(dataset="fashion-mnist", hidden=[200, 200, 200], epochs=12, seeds=[0], batch=50, lr=None, every=200)
@@ -155,6 +155,7 @@ def configure_parser(parser) -> None:
                         help=f"measure every N training steps (quick: {QUICK['every']}; --full: {FULL['every']})")
     parser.add_argument("--rules", nargs="*", default=list(BASELINES), metavar="RULE",
                         help=f"baselines measured beside the circuit (default: {' '.join(BASELINES)})")
+    outputs.add_output_arguments(parser, NAME)
 
 
 def run(args) -> int:
@@ -167,16 +168,16 @@ def run(args) -> int:
     for rule in rules:
         common.rule_options(rule, settings["lr"])  # an unknown rule fails now, before anything is written
     data = common.load(settings["dataset"], args)
-    out = outputs.output_folder(args.out, "liao2024-theorem1")
+    out = outputs.start(args, NAME)
     settings["rules"] = rules
-    outputs.say(f"liao2024-theorem1: {settings}")
+    outputs.say(f"{NAME}: {settings}")
     results = measurements(data, rules, settings["hidden"], settings["epochs"], settings["batch"], settings["lr"],
                            settings["seeds"][0], settings["every"])
     layers = len(settings["hidden"]) + 1
     circuit_records = results["circuit"][0]
-    write_csv(out / "theorem1.csv", rows_for(circuit_records, CIRCUIT_FIELDS))
-    write_csv(out / "alignment.csv", [{"rule": rule, **row} for rule, (records, _) in results.items()
-                                      for row in rows_for(records, ALIGNMENT_FIELDS)])
+    out.csv("theorem1.csv", rows_for(circuit_records, CIRCUIT_FIELDS))
+    out.csv("alignment.csv", [{"rule": rule, **row} for rule, (records, _) in results.items()
+                              for row in rows_for(records, ALIGNMENT_FIELDS)])
     summary = summary_table(results, layers)
     columns = [("rule", "rule", ""), ("quantity", "quantity (start → end)", "")] + [
         (f"layer {l}", f"layer {l}", "") for l in range(1, layers + 1)]
@@ -188,12 +189,12 @@ def run(args) -> int:
     print(notes)
     sizes = "-".join(map(str, [data.n_features, *settings["hidden"], data.n_classes]))
     title = f"Theorem 1 over training, {settings['dataset']} {sizes}"
-    write_atomic(out / "theorem1.md", lambda h: h.write(
-        f"## {title}\n\nSettings: {', '.join(f'{k}={v}' for k, v in settings.items())}\n\n{markdown}\n\n{notes}\n"))
-    outputs.write_strict_json(out / "theorem1.json", {"settings": settings, "summary": summary,
-                                              "test_acc": {r: h.test_acc for r, h in histories.items()},
-                                              "rule_options": {r: common.rule_options(r, settings["lr"]) for r in rules}})
-    plot_theorem1(circuit_records, histories, layers, out / "theorem1.png", title)
-    plot_alignment(results, layers, out / "alignment.png", title)
-    outputs.say(f"wrote {out}/theorem1.csv, alignment.csv, theorem1.json, .md, theorem1.png, alignment.png")
+    out.markdown("theorem1.md", f"## {title}\n\nSettings: {', '.join(f'{k}={v}' for k, v in settings.items())}\n\n"
+                                f"{markdown}\n\n{notes}\n")
+    out.json("theorem1.json", {"settings": settings, "summary": summary, "test_acc": {r: h.test_acc for r, h in histories.items()},
+                               "rule_options": {r: common.rule_options(r, settings["lr"]) for r in rules},
+                               "provenance": out.provenance})
+    plot_theorem1(circuit_records, histories, layers, out.path("theorem1.png"), title)
+    plot_alignment(results, layers, out.path("alignment.png"), title)
+    out.report()
     return 0

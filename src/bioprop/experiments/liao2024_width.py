@@ -23,6 +23,7 @@ from ..diagnostics import spectrum_figures
 from . import liao2024 as common
 from . import outputs
 
+NAME = "liao2024-width"
 RATIOS = [1.0, 1.5, 2.0, 3.0, 5.0, 7.5]
 ACTIVATIONS = ["identity", "relu", "tanh"]
 QUICK = dict(dataset="digits", hidden=[32, 32], epochs=20, seeds=[0, 1, 2], batch=50, lr=None, ratios=RATIOS, activations=ACTIVATIONS)
@@ -47,6 +48,7 @@ def conditioning(rule, hidden) -> tuple[float, float]:
 def width_table(data, hidden, epochs, seeds, batch, lr, ratios, activations) -> list[dict]:
     """One row per (activation, ratio), then one BP reference row."""
     rows = []
+    progress = outputs.Progress((len(activations) * len(ratios) + 1) * len(seeds), "runs")
     for activation in activations:
         for ratio in ratios:
             options = {"ratio": str(ratio), "downstream_activation": activation}
@@ -57,7 +59,8 @@ def width_table(data, hidden, epochs, seeds, batch, lr, ratios, activations) -> 
                 history = common.fit(net, rule, data, epochs, batch, seed)
                 return history, before, conditioning(rule, hidden), rule.downstream_widths(net.sizes)
 
-            results = common.run_all([(f"g={activation} r={ratio:g} seed {seed}", lambda seed=seed: job(seed)) for seed in seeds])
+            results = common.run_all([(f"g={activation} r={ratio:g} seed {seed}", lambda seed=seed: job(seed)) for seed in seeds],
+                                     progress)
             spread = outputs.spread([history.final for history, *_ in results])
             rows.append({
                 "activation": activation, "ratio": ratio, "downstream_widths": "-".join(map(str, results[0][3])),
@@ -69,7 +72,8 @@ def width_table(data, hidden, epochs, seeds, batch, lr, ratios, activations) -> 
                 "h_rank_fraction": statistics.fmean(after[1] for _, _, after, _ in results),
             })
     bp = common.run_all([(f"bp seed {seed}", lambda seed=seed: common.train_run(data, "bp", hidden, seed, epochs, batch, lr)[2])
-                         for seed in seeds])
+                         for seed in seeds], progress)
+    progress.close()
     spread = outputs.spread([h.final for h in bp])
     rows.append({"activation": "BP (reference)", "ratio": None, "downstream_widths": "-",
                  "acc_mean": spread["mean"], "acc_std": spread["std"], "acc_min": spread["min"], "acc_max": spread["max"],
@@ -85,16 +89,35 @@ def _geometric_mean(values) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values))
 
 
-def plot(rows: list[dict], path, upstream: str) -> None:
+def accuracy_window(rows: list[dict], chance: float) -> tuple[float, float] | None:
+    """The accuracy axis: the range of mean ± std of the rows that learn (mean above 1.5 x
+    chance, BP included) with a margin of 10% of that range; None when no row learns."""
+    learning = [r for r in rows if r["acc_mean"] > 1.5 * chance and math.isfinite(r["acc_mean"])]
+    if not learning:
+        return None
+    std = lambda r: r["acc_std"] if math.isfinite(r["acc_std"]) else 0.0
+    low = min(r["acc_mean"] - std(r) for r in learning)
+    high = max(r["acc_mean"] + std(r) for r in learning)
+    margin = 0.1 * max(high - low, 0.01)
+    return max(0.0, low - margin), min(1.0, high + margin)
+
+
+def plot(rows: list[dict], path, upstream: str, chance: float = 0.1) -> None:
+    """Accuracy (zoomed to the rows that learn; a curve below the window is named in the
+    legend with its mean), cond(H) and effective rank of H against r."""
     plt = outputs.pyplot()
+    window = accuracy_window(rows, chance)
     figure, axes = plt.subplots(1, 3, figsize=(14, 4.0))
     circuit = [r for r in rows if r["ratio"] is not None]
     reference = next(r for r in rows if r["ratio"] is None)
     for activation in dict.fromkeys(r["activation"] for r in circuit):
         mine = [r for r in circuit if r["activation"] == activation]
         ratios = [r["ratio"] for r in mine]
+        below = window is not None and all(r["acc_mean"] < window[0] for r in mine)
+        label = f"circuit, g = {activation}" + (
+            f" (below the window: {min(r['acc_mean'] for r in mine):.3f}-{max(r['acc_mean'] for r in mine):.3f})" if below else "")
         line = axes[0].errorbar(ratios, [r["acc_mean"] for r in mine], yerr=[r["acc_std"] for r in mine],
-                                marker="o", capsize=3, label=f"circuit, g = {activation}")
+                                marker="o", capsize=3, label=label)
         color = line[0].get_color()
         axes[1].plot(ratios, [r["h_condition"] for r in mine], marker="o", color=color, label=f"g = {activation}, trained")
         axes[1].plot(ratios, [r["h_condition_init"] for r in mine], marker=".", linestyle=":", color=color)
@@ -103,6 +126,8 @@ def plot(rows: list[dict], path, upstream: str) -> None:
     axes[0].axhline(reference["acc_mean"], color="black", linestyle="--", label="BP")
     axes[0].axhspan(reference["acc_mean"] - reference["acc_std"], reference["acc_mean"] + reference["acc_std"], color="black", alpha=0.1)
     axes[0].set_ylabel("test accuracy (mean ± std over seeds)")
+    if window is not None:
+        axes[0].set_ylim(*window)
     axes[1].set_yscale("log")
     axes[1].set_ylabel("cond(H) = λmax/λmin (dotted: at init)")
     axes[2].set_ylabel("effective rank(H) / n (dotted: at init)")
@@ -117,6 +142,7 @@ def plot(rows: list[dict], path, upstream: str) -> None:
 
 def configure_parser(parser) -> None:
     common.add_common_arguments(parser, QUICK, FULL)
+    outputs.add_output_arguments(parser, NAME)
     parser.add_argument("--ratios", type=float, nargs="+", default=None, metavar="R",
                         help=f"downstream width ratios (default: {' '.join(f'{r:g}' for r in RATIOS)})")
     parser.add_argument("--activations", nargs="+", default=None, metavar="G",
@@ -130,15 +156,15 @@ def run(args) -> int:
     for ratio in settings["ratios"]:
         common.rule_options("circuit", settings["lr"], {"ratio": str(ratio)})
     data = common.load(settings["dataset"], args)
-    out = outputs.output_folder(args.out, "liao2024-width")
-    outputs.say(f"liao2024-width: {settings}")
+    out = outputs.start(args, NAME)
+    outputs.say(f"{NAME}: {settings}")
     rows = width_table(data, settings["hidden"], settings["epochs"], settings["seeds"], settings["batch"], settings["lr"],
                        settings["ratios"], settings["activations"])
     markdown = outputs.markdown_table(rows, COLUMNS)
     print(markdown)
     upstream = "-".join(map(str, [data.n_features, *settings["hidden"], data.n_classes]))
-    outputs.write_tables(out, "width", f"Downstream width ratio (upstream {upstream})", rows, settings, markdown,
-                        extra={"rule_options": common.rule_options("circuit", settings["lr"])})
-    plot(rows, out / "width.png", upstream)
-    outputs.say(f"wrote {out}/width.csv, .json, .md, width.png")
+    out.tables("width", f"Downstream width ratio (upstream {upstream})", rows, settings, markdown,
+               extra={"rule_options": common.rule_options("circuit", settings["lr"])})
+    plot(rows, out.path("width.png"), upstream, chance=1 / data.n_classes)
+    out.report()
     return 0

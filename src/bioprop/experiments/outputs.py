@@ -6,8 +6,19 @@ atomically through bioprop.files, so that a bad argument or a crash never leaves
 file behind:
 
 - `write_tables`: one table as stem.csv (the rows), stem.json (settings, rows and extras; strict
-  JSON, non-finite numbers as null) and stem.md (title, settings, the markdown table, notes);
+  JSON, non-finite numbers as null) and stem.md (title, settings, the markdown table, notes,
+  and the provenance line: which command and bioprop version made it);
 - `save_figure`: a matplotlib figure as a PNG (Agg backend, no display needed; `pyplot`).
+
+One layout for every experiment (every `bioprop reproduce` subcommand and `bioprop
+fazil-detection`): its tables and figures go into one folder, `results/<experiment>/` by
+default, `--out DIR` to choose (`add_output_arguments`). `start(args, name)` creates it and
+returns an `Output`, which writes each file atomically, stamps the provenance line into every
+markdown table and finally says where everything went (`Output.report`).
+
+Progress of long work goes to stderr (stdout carries the tables): `Progress` is a tqdm bar when
+stderr is a terminal and one line per finished unit otherwise (a log file still shows how far a
+run got); `--quiet` silences both, and `say`.
 """
 from __future__ import annotations
 
@@ -16,16 +27,162 @@ import json
 import math
 import statistics
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import BioPropError
 from ..files import json_safe, write_atomic, write_csv
 
+#: --quiet of the command now running: no progress bars or lines, no `say`
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = bool(quiet)
+
 
 def say(text: str) -> None:
     """Progress for the person running the command, on stderr (stdout carries the tables)."""
-    print(text, file=sys.stderr, flush=True)
+    if not _quiet:
+        print(text, file=sys.stderr, flush=True)
+
+
+class Progress:
+    """Progress over `total` units of long work (runs, seeds, variants), on stderr.
+
+    A tqdm bar when stderr is a terminal; otherwise one line per finished unit,
+    "  [k/total] label  (seconds)"; nothing with --quiet. Use as a context manager and call
+    `done(label)` when a unit has finished."""
+
+    def __init__(self, total: int, description: str):
+        self.total, self.count = total, 0
+        self.last = time.perf_counter()
+        self.bar = None
+        if not _quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=description, file=sys.stderr, unit="run", dynamic_ncols=True)
+
+    def done(self, label: str) -> None:
+        self.count += 1
+        now = time.perf_counter()
+        if self.bar is not None:
+            self.bar.set_postfix_str(label, refresh=False)
+            self.bar.update(1)
+        elif not _quiet:
+            print(f"  [{self.count}/{self.total}] {label}  ({now - self.last:.1f}s)", file=sys.stderr, flush=True)
+        self.last = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -- where the files go, and who made them -------------------------------------------------------
+#: flags that choose where output goes or what is printed, not what is computed
+_NOT_IN_PROVENANCE = {"out", "quiet", "data_dir", "download", "help"}
+
+
+def add_output_arguments(parser, name: str, command: str | None = None) -> None:
+    """--out DIR (default results/NAME) and --quiet; remembers the parser and the command
+    ("reproduce NAME" unless given) for the provenance line."""
+    parser.add_argument("--out", default=None, metavar="DIR", help=f"output folder (default results/{name})")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.set_defaults(_parser=parser, _command=command or f"reproduce {name}")
+
+
+def given_flags(args) -> list[str]:
+    """The flags of `args` that differ from their parser's defaults, as command-line words
+    (--out, --quiet, --data-dir and --download left out: they do not change the numbers)."""
+    parser = getattr(args, "_parser", None)
+    if parser is None:
+        return []
+    words = []
+    for action in parser._actions:
+        if not action.option_strings or action.dest in _NOT_IN_PROVENANCE or action.dest.startswith("_"):
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default or str(value) == str(action.default):  # e.g. --device: "cpu" resolved to a torch.device
+            continue
+        flag = max(action.option_strings, key=len)
+        if value is True and action.nargs == 0:
+            words.append(flag)
+        elif isinstance(value, (list, tuple)):
+            words.append(" ".join([flag, *map(str, value)]))
+        else:
+            words.append(f"{flag} {value}")
+    return words
+
+
+def provenance(args) -> str:
+    """"made by `bioprop COMMAND [FLAGS]` (quick default), bioprop VERSION": the line every
+    markdown table ends with, and the docs quote under each table and figure."""
+    from .. import __version__
+
+    command = getattr(args, "_command", None) or getattr(args, "command", "?")
+    flags = given_flags(args)
+    shown = " ".join(["bioprop", command, *flags])
+    kind = " (quick default)" if not flags else (" (--full)" if flags == ["--full"] else "")
+    return f"made by `{shown}`{kind}, bioprop {__version__}"
+
+
+@dataclass
+class Output:
+    """One experiment's output folder: every file written atomically, every markdown table
+    stamped with the provenance line, and `report` says where they went."""
+
+    folder: Path
+    provenance: str
+    written: list[str] = field(default_factory=list)
+
+    def tables(self, stem: str, title: str, rows: list[dict], settings: dict, markdown: str,
+               notes: str = "", extra: dict | None = None) -> None:
+        write_tables(self.folder, stem, title, rows, settings, markdown, notes, extra, provenance=self.provenance)
+        self.written += [f"{stem}.csv", f"{stem}.json", f"{stem}.md"]
+
+    def csv(self, name: str, rows: list[dict]) -> None:
+        write_csv(self.folder / name, rows)
+        self.written.append(name)
+
+    def json(self, name: str, data: Any) -> None:
+        write_strict_json(self.folder / name, data)
+        self.written.append(name)
+
+    def markdown(self, name: str, text: str) -> None:
+        """A markdown file of the caller's own layout, with the provenance line appended."""
+        body = text.rstrip("\n") + f"\n\n{self.provenance}\n"
+        write_atomic(self.folder / name, lambda handle: handle.write(body))
+        self.written.append(name)
+
+    def figure(self, figure, name: str) -> None:
+        save_figure(figure, self.folder / name)
+        self.written.append(name)
+
+    def path(self, name: str) -> Path:
+        """Where a file written by other code goes (listed in the report)."""
+        self.written.append(name)
+        return self.folder / name
+
+    def report(self) -> None:
+        """Where the files went, on stderr (also with --quiet: it is the command's result)."""
+        print(f"wrote {self.folder}/: {', '.join(self.written)}", file=sys.stderr, flush=True)
+
+
+def start(args, name: str) -> Output:
+    """The experiment's Output: call once its arguments are checked and its data loaded.
+    Sets --quiet for `say` and `Progress`, creates the --out folder (default results/NAME)."""
+    set_quiet(getattr(args, "quiet", False))
+    return Output(output_folder(getattr(args, "out", None), name), provenance(args))
 
 
 # -- arguments -----------------------------------------------------------------------------------
@@ -87,15 +244,16 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
     """A GitHub markdown table; columns: (key, header, format spec; "" formats with str()).
-    A missing or None value shows as "-", a non-finite float as nan/inf."""
+    A missing or None value shows as "-", a non-finite float as nan/inf; a "|" inside a cell is
+    escaped ("\\|") so that it does not split the cell."""
     def cell(value, spec):
         if value is None:
             return "-"
         if isinstance(value, float) and not math.isfinite(value):
             return str(value)
-        return format(value, spec) if spec else str(value)
+        return (format(value, spec) if spec else str(value)).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(header for _, header, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines = ["| " + " | ".join(header.replace("|", "\\|") for _, header, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for row in rows:
         lines.append("| " + " | ".join(cell(row.get(key), spec) for key, _, spec in columns) + " |")
     return "\n".join(lines)
@@ -108,12 +266,17 @@ def write_strict_json(path: Path, data: Any) -> None:
 
 
 def write_tables(out: Path, stem: str, title: str, rows: list[dict], settings: dict, markdown: str,
-                 notes: str = "", extra: dict | None = None) -> None:
-    """stem.csv (rows), stem.json (settings, rows and `extra`), stem.md (title, settings, table, notes)."""
+                 notes: str = "", extra: dict | None = None, provenance: str = "") -> None:
+    """stem.csv (rows), stem.json (settings, rows, `extra` and the provenance), stem.md (title,
+    settings, table, notes, provenance line)."""
     write_csv(out / f"{stem}.csv", rows)
-    write_strict_json(out / f"{stem}.json", {"settings": settings, "rows": rows, **(extra or {})})
+    record = {"settings": settings, "rows": rows, **(extra or {})}
+    if provenance:
+        record["provenance"] = provenance
+    write_strict_json(out / f"{stem}.json", record)
     shown = ", ".join(f"{key}={value}" for key, value in settings.items())
     text = f"## {title}\n\nSettings: {shown}\n\n{markdown}\n" + (f"\n{notes}\n" if notes else "")
+    text += f"\n{provenance}\n" if provenance else ""
     write_atomic(out / f"{stem}.md", lambda handle: handle.write(text))
 
 

@@ -3,7 +3,11 @@
 Each experiment's module is imported only when it is chosen. Every experiment takes --device;
 `args.device` reaches its `run` as a torch.device. A module lists the device types it places its
 tensors on in `DEVICES` (default: ("cpu",)); asking for another is an error, never a silent
-CPU run."""
+CPU run.
+
+Every experiment writes its tables (CSV, JSON, markdown with a provenance line) and figures
+(PNG) into results/NAME by default (--out DIR to choose) and shows its progress on stderr
+(--quiet: none); see outputs.py."""
 from __future__ import annotations
 
 import argparse
@@ -33,7 +37,9 @@ def _add_device(parser, module) -> None:
         add_device_flag(parser, "cpu, cuda or auto (cuda when available and the experiment runs there)")
     except argparse.ArgumentError:  # the experiment declares its own --device
         pass
-    parser.set_defaults(_devices=tuple(getattr(module, "DEVICES", ("cpu",))))
+    # provenance names the command as typed ("reproduce NAME"), also for a module that is a
+    # top-level command too (fazil-detection)
+    parser.set_defaults(_devices=tuple(getattr(module, "DEVICES", ("cpu",))), _command=parser.prog.split(" ", 1)[-1])
 
 
 def configure_parser(parser) -> None:

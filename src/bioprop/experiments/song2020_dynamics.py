@@ -6,20 +6,25 @@ Fa-Z-IL (the same updates, triggered by the neurons' own gate). For each rule an
 plot the size of the error nodes, ||eps_l(t)|| (batch mean of per-sample norms), against the
 inference step t, and mark the steps at which that layer's weights changed. Z-IL's plot shows
 the error front: layer L-k is silent until t = k, takes BP's delta then, and learns at once.
-Writes dynamics.png and dynamics.csv.
+Writes dynamics.csv (every rule, step and layer), dynamics.md/.json (per rule and layer: the
+step its weights changed and ||eps_l|| there) and dynamics.png into results/song2020-dynamics.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 
 from ..data import load_dataset
-from ..files import write_csv
+from ..errors import BioPropError
 from ..network import MLP
 from ..rules import make_rule
+from . import outputs
 from .outputs import pyplot, save_figure
+
+NAME = "song2020-dynamics"
+COLUMNS = [("rule", "rule", ""), ("layer", "layer", "d"), ("updated_at", "weights change at t", ""),
+           ("error_at_update", "‖eps_l‖ there", ".3g"), ("error_final", "‖eps_l‖ at the last step", ".3g")]
 
 RULES = {
     "IL (T=20, gamma=0.1)": ("il", {}),
@@ -65,21 +70,41 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
     save_figure(figure, path)
 
 
+def summary_rows(curves: dict[str, list[dict]]) -> list[dict]:
+    """Per rule and layer: the step(s) its weights changed, ||eps_l|| at the first, and at the last step."""
+    rows = []
+    for label, curve in curves.items():
+        for layer in sorted({r["layer"] for r in curve}):
+            mine = [r for r in curve if r["layer"] == layer]
+            updates = [r for r in mine if r["updated"]]
+            rows.append({"rule": label, "layer": layer, "updated_at": ", ".join(str(r["t"]) for r in updates) or "-",
+                         "error_at_update": updates[0]["error_norm"] if updates else None,
+                         "error_final": mine[-1]["error_norm"]})
+    return rows
+
+
 def configure_parser(parser) -> None:
-    parser.add_argument("--hidden", type=int, nargs="+", default=[32, 32, 32])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="figures/song2020-dynamics", help="folder for dynamics.png and dynamics.csv")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[32, 32, 32], help="hidden widths (default 32 32 32)")
+    parser.add_argument("--batch", type=int, default=32, help="samples in the one batch (default 32)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights (default 0)")
+    outputs.add_output_arguments(parser, NAME)
 
 
 def run(args) -> int:
+    if not args.hidden or min(args.hidden) < 1:
+        raise BioPropError("--hidden: give one or more widths >= 1")
+    outputs.check_count("--batch", args.batch, 1)
+    outputs.set_quiet(args.quiet)
+    outputs.say(f"{NAME}: hidden {args.hidden}, batch {args.batch}, seed {args.seed}")
     curves = dynamics(tuple(args.hidden), args.batch, args.seed)  # bad arguments fail here, before the folder exists
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "dynamics.csv", [{"rule": label, **r} for label, rows in curves.items() for r in rows])
-    plot(curves, out / "dynamics.png")
-    for label, rows in curves.items():
-        times = {r["layer"]: r["t"] for r in rows if r["updated"]}
-        print(f"{label:<24} weight updates at t = " + ", ".join(f"layer {l}: {t}" for l, t in sorted(times.items())))
-    print(f"wrote {out}/dynamics.png and dynamics.csv", file=sys.stderr)
+    out = outputs.start(args, NAME)
+    summary = summary_rows(curves)
+    markdown = outputs.markdown_table(summary, COLUMNS)
+    print(markdown)
+    settings = {"hidden": list(args.hidden), "batch": args.batch, "seed": args.seed, "dataset": "digits", "activation": "sigmoid"}
+    out.csv("dynamics.csv", [{"rule": label, **r} for label, rows in curves.items() for r in rows])
+    out.tables("summary", "Error nodes over inference steps for one batch: when each layer learns", summary, settings, markdown,
+               notes="dynamics.csv holds ||eps_l(t)|| (batch mean of per-sample norms) for every rule, step t and layer l.")
+    plot(curves, out.path("dynamics.png"))
+    out.report()
     return 0
