@@ -31,13 +31,8 @@ from bioprop.levels import (
 from conftest import relative_difference
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread (a thread pool on a loaded machine costs 1000x a small conv)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 TOLERANCE = 1e-12
 

@@ -20,13 +20,7 @@ DIVERGES = 1e-6
 LR = 0.1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # these nets are tiny: on a shared machine torch's thread pool costs more than it gives
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- the networks ---------------------------------------------------------------------------------

@@ -33,14 +33,7 @@ EXAMPLE = f"{REPO / 'examples' / 'my_model.py'}:build"
 QUICK = {"dataset": "digits", "epochs": 1, "batch_size": 128, "quiet": True}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Conv nets this small run fastest on one thread; on a loaded machine torch's thread pool
-    made their backward pass up to 100x slower. Results of a run do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _checkpoint(run_dir: Path) -> dict:
