@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+import bioprop
 from bioprop import cli
 from bioprop.errors import BioPropError
 from bioprop.train import TrainConfig, rule_option_specs, train
@@ -179,8 +180,15 @@ def test_run_folder_files_exist_and_parse(tmp_path, bioprop_main, capsys):
     printed = capsys.readouterr().out
     assert "epoch 1/2" in printed and "epoch 2/2" in printed and "max|dW|" in printed
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "curves.png", "metrics.csv",
-                                                     "metrics.jsonl", "summary.json"]
+                                                     "metrics.jsonl", "model.pt", "summary.json"]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # model.pt: the trained network's state_dict alone, loadable without unpickling code
+    weights = torch.load(out / "model.pt", weights_only=True)
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert weights.keys() == checkpoint["learner"]["net"].keys()
+    assert all(torch.equal(weights[k], checkpoint["learner"]["net"][k]) for k in weights)
+    loaded = bioprop.load_run(out)
+    assert loaded.epoch == 2 and all(torch.equal(p, weights[k]) for k, p in loaded.net.state_dict().items())
     with open(out / "metrics.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
     from_jsonl = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

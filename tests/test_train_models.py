@@ -259,7 +259,7 @@ def test_divergence_keeps_the_last_good_epoch(tmp_path, capsys, monkeypatch):
     error = capsys.readouterr().err
     assert "epoch 2:" in error and "at step 2" in error and "--lr" in error and "checkpoint.pt at epoch 1" in error
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "curves.png", "metrics.csv",
-                                                     "metrics.jsonl"]
+                                                     "metrics.jsonl", "model.pt"]
     assert _metrics(out) == _metrics(good)
     kept, expected = _checkpoint(out), _checkpoint(good)
     assert kept["epoch"] == 1
