@@ -90,7 +90,7 @@ from ..rate_network import (
     settle_credit,
     weight_change,
 )
-from .base import LearningRule, StepResult, check_batch, check_int, check_positive, sgd_write
+from .base import LearningRule, StepResult, check_batch, check_int, check_positive, reported, sgd_write
 
 Tensor = torch.Tensor
 
@@ -230,7 +230,7 @@ class CreditRule(LearningRule):
                 raise BioPropError("dynamics='layered' is the block form of a layered bioprop.Network; a RateNetwork runs 'dense' (or 'auto')")
             x, y = check_rate_batch(net, x, y)
             with torch.no_grad():
-                return self._dense_step(net, x, y, trace)
+                return reported(self._dense_step(net, x, y, trace))
         if not isinstance(net, Network):
             raise BioPropError(
                 f"net: expected a network (bioprop.wrap(model), a bioprop.ElmanRNN, a bioprop.MLP or a "
@@ -244,8 +244,8 @@ class CreditRule(LearningRule):
         x, y = check_batch(net, x, y)
         with torch.no_grad():
             if self.dynamics == "dense":
-                return self._embedded_step(net, x, y, trace)
-            return self._layered_step(net, x, y, trace)
+                return reported(self._embedded_step(net, x, y, trace))
+            return reported(self._layered_step(net, x, y, trace))
 
     # -- the general circuit --------------------------------------------------------------------
     def _dense_step(self, net: RateNetwork, stimulus: Tensor, y: Tensor, trace: bool):
@@ -271,7 +271,7 @@ class CreditRule(LearningRule):
         if net.bias is not None:
             sgd_write(net.bias, db)
         return CreditStepResult(
-            float(self.loss(output, y)), output, _trace(firing_record, credit_record) if trace else None,
+            self.loss(output, y).detach(), output, _trace(firing_record, credit_record) if trace else None,
             credit=credit, rates=rates, net_input=s, **_settling_info(firing, credit_settling),
         )
 
@@ -339,7 +339,7 @@ class CreditRule(LearningRule):
             if estimate is not None:
                 parameter.data.add_(estimate, alpha=-self.lr)
         return CreditStepResult(
-            float(self.loss(output, y)), output, _trace(firing_record, credit_record) if trace else None,
+            self.loss(output, y).detach(), output, _trace(firing_record, credit_record) if trace else None,
             credit=credit, deltas=deltas[:-1], gradient_estimates=estimates,
             **_settling_info(firing, credit_settling),
         )
