@@ -322,6 +322,7 @@ def advance(
     infer: bool = True,
     input_prediction: Tensor | None = None,
     in_place: bool = False,
+    predictions: list[Tensor] | None = None,
 ) -> tuple[PCState, list[Tensor], list]:
     """One time step t: errors from the state; parameter changes where `gate` says; x(t+1).
 
@@ -329,11 +330,13 @@ def advance(
     changes (None where the level did not learn), handed to `plasticity` after the inference
     step (so x(t+1) sees the weights of time t). `input_prediction`: mu_1 = A_1(r_0, u_1) when
     the caller has it (r_0 is clamped, so it stands until level 1's parameters are written);
-    `in_place`: see `inference_step`."""
+    `in_place`: see `inference_step`; `predictions`: mu_1 .. mu_L when the caller has them all
+    (at the feed-forward state they are the forward pass's z_l)."""
     rates, contexts = rates_and_contexts(state)
-    above_input = zip(state.levels[1:], rates[1:], state.sides[1:])
-    first = state.levels[0].forward(rates[0], state.sides[0]) if input_prediction is None else input_prediction
-    predictions = [first] + [level.forward(r, side) for level, r, side in above_input]
+    if predictions is None:
+        above_input = zip(state.levels[1:], rates[1:], state.sides[1:])
+        first = state.levels[0].forward(rates[0], state.sides[0]) if input_prediction is None else input_prediction
+        predictions = [first] + [level.forward(r, side) for level, r, side in above_input]
     errors = errors_of(state, predictions, teacher)
     gates = gate(t, errors, predictions)
     changes = plasticity.changes(gates, errors, rates, state.sides)
@@ -370,12 +373,15 @@ def simulate(
     n_steps: int,
     gate: PlasticityGate,
     record: bool = False,
+    first_predictions: list[Tensor] | None = None,
 ) -> DynamicsResult:
     """Run t = 0 .. n_steps-1 of inference with plasticity, updating the net in place.
 
     The teacher is on throughout (a FreeOutput teacher gives the prediction phase). No
     inference step follows the last t: nothing after it could change a weight. Pooled changes
-    are written after the last step.
+    are written after the last step. `first_predictions`: mu_1 .. mu_L of `state` under the
+    current weights, when the caller has them (`present`: the forward pass's z_l, the state
+    being the feed-forward state); otherwise they are computed.
     """
     output_free = isinstance(teacher, FreeOutput)
     if isinstance(teacher, ValueClamp):
@@ -389,7 +395,10 @@ def simulate(
     # mu_1 = A_1(r_0, u_1): the input is clamped, so it is computed once per presentation and
     # again only after a write to a parameter level 1 reads (Z-IL's immediate shared writes)
     input_level = state.levels[0]
-    input_prediction = input_level.forward(state.input_rates, state.sides[0])
+    if first_predictions is None:
+        input_prediction = input_level.forward(state.input_rates, state.sides[0])
+    else:
+        input_prediction = first_predictions[0]
     for t in range(n_steps):
         before = state
         if plasticity.input_level_written:
@@ -397,7 +406,7 @@ def simulate(
             plasticity.input_level_written = False
         state, errors, changes = advance(
             state, teacher, plasticity, t=t, gamma=gamma, gate=gate, output_free=output_free, infer=t < n_steps - 1,
-            input_prediction=input_prediction, in_place=in_place,
+            input_prediction=input_prediction, in_place=in_place, predictions=first_predictions if t == 0 else None,
         )
         if record:
             trace.append(trace_entry(t, before, errors, changes))
@@ -455,8 +464,12 @@ def present(
     teacher = make_teacher(loss, y, output, fixed_error=fixed_error)
     at_once = write_schedule(net, state.levels, shared_updates, unshared_at_once)
     plasticity = Plasticity(net, state.levels, lr / x.shape[0], at_once)
+    # at the feed-forward state mu_l = z_l, the forward pass's own numbers (the floor: no product
+    # is computed twice); noise on the value nodes moves the rates, so then they are computed
+    first_predictions = list(state.anchors) if init_noise == 0 else None
     state = noisy_start(state, init_noise, noise)
-    result = simulate(state, teacher, plasticity, gamma=gamma, n_steps=n_steps, gate=gate, record=record)
+    result = simulate(state, teacher, plasticity, gamma=gamma, n_steps=n_steps, gate=gate, record=record,
+                      first_predictions=first_predictions)
     # the loss stays a 0-d tensor: reading it is the caller's host synchronisation, not the step's
     return Presented(loss(output, y).detach(), output, result.trace if record else None)
 
