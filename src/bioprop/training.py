@@ -238,7 +238,8 @@ def train_epochs(
     `progress`: a tqdm bar over each epoch's batches on stderr (shown only on a terminal)."""
     n_train = int(train_x.shape[0])
     if learners:
-        check_data(train_x, train_y, learners[0].net.output_size)
+        net = learners[0].net  # a Network, or a RateNetwork (the credit rule's dense circuit)
+        check_data(train_x, train_y, getattr(net, "output_size", None) or getattr(net, "n_outputs"))
     if divergence_check_every is None:
         on_cpu = train_x.device.type == "cpu" and all(learner.net.device.type == "cpu" for learner in learners)
         divergence_check_every = 1 if on_cpu else DIVERGENCE_CHECK_EVERY
