@@ -7,18 +7,59 @@ which drops precision) a DtypeWarning says so, once per network and dtype pair: 
 told apart by their description (`network`, e.g. "a net with sizes [4, 3, 2]"), so that a rule's
 every step does not repeat it. Integer labels, integer inputs and batches already in the
 network's dtype never warn.
+
+The value checks (finite inputs and targets, labels in range) each read a tensor back to the host:
+on an accelerator that is a synchronisation per batch. A trainer checks its data once with
+`check_data` and runs its steps inside `prechecked()`, where the per-batch value checks are
+skipped (the shape, dtype and device handling stays); `rule.step` outside it checks every batch.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import sys
 import warnings
+from typing import Iterator
 
 import torch
 
 from .errors import BioPropError
 
 Tensor = torch.Tensor
+
+
+#: True inside `prechecked()`: batches come from data `check_data` has passed
+_PRECHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("bioprop_prechecked", default=False)
+
+
+@contextlib.contextmanager
+def prechecked() -> Iterator[None]:
+    """Steps inside read batches of data checked once (`check_data`): no per-batch value checks,
+    and rules report their loss as a 0-d tensor (`bioprop.rules.base.reported`); no host
+    synchronisation per step from either."""
+    token = _PRECHECKED.set(True)
+    try:
+        yield
+    finally:
+        _PRECHECKED.reset(token)
+
+
+def is_prechecked() -> bool:
+    """Whether the current step runs inside `prechecked()`."""
+    return _PRECHECKED.get()
+
+
+def check_data(x: Tensor, y: Tensor, n_out: int) -> None:
+    """The value checks of `check_targets`, once for a whole data set: x finite, y finite
+    targets or integer labels in [0, n_out). Raises BioPropError naming the input and the fix."""
+    if x.dtype.is_floating_point and not bool(torch.isfinite(x).all()):
+        raise BioPropError("x: contains NaN or infinite values; clean the input data")
+    if y.dtype.is_floating_point:
+        if not bool(torch.isfinite(y).all()):
+            raise BioPropError("y: contains NaN or infinite values; clean the targets")
+    elif y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_out):
+        raise BioPropError(f"y: integer labels must lie in [0, {n_out}), got range [{int(y.min())}, {int(y.max())}]")
 
 
 class DtypeWarning(UserWarning):
@@ -71,8 +112,9 @@ def check_targets(x: Tensor, y, n_out: int, network: str, dtype: torch.dtype,
     """y (B, n_out) targets or (B,) integer labels (made one-hot) for the inputs x (B, ...),
     both checked for finiteness and brought to `dtype` and `device`."""
     y = torch.as_tensor(y)
+    checking = not _PRECHECKED.get()
     if y.ndim == 1 and not y.dtype.is_floating_point:
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_out):
+        if checking and y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_out):
             raise BioPropError(f"y: integer labels must lie in [0, {n_out}), got range [{int(y.min())}, {int(y.max())}]")
         y = torch.nn.functional.one_hot(y.long(), n_out)
     if y.ndim != 2 or y.shape[1] != n_out:
@@ -91,6 +133,8 @@ def check_targets(x: Tensor, y, n_out: int, network: str, dtype: torch.dtype,
         _warn_conversion(names, found, dtype, network)
     x = x.to(dtype=dtype, device=device)
     y = y.to(dtype=dtype, device=device)
+    if not checking:
+        return x, y
     if not torch.isfinite(x).all():
         raise BioPropError("x: contains NaN or infinite values; clean the input data")
     if not torch.isfinite(y).all():

@@ -175,7 +175,7 @@ class Cluster:
             with _holding(current):
                 result = rule.step(net, x[rows], y[rows])
             labels = y[rows] if y.ndim == 1 else y[rows].argmax(dim=1)
-            figures[0] = float(result["loss"]) * weight
+            figures[0] = torch.as_tensor(result["loss"]).to(figures.dtype) * weight
             figures[1] = (result["output"].argmax(dim=1) == labels).sum()
         # the rule may have rebound its plastic tensors (new lists) or made new ones (a first step)
         tensors = parameters + list(rule.plastic_tensors())
@@ -189,7 +189,7 @@ class Cluster:
                 count = start.numel()
                 tensor.copy_(start + changes[offset:offset + count].view_as(start).to(start.dtype))
                 offset += count
-        return DataParallelStep(result, current, float(changes[-2]), changes[-1])
+        return DataParallelStep(result, current, changes[-2], changes[-1])
 
 
 @dataclass
@@ -199,7 +199,7 @@ class DataParallelStep:
 
     local: object
     shard: Shard
-    loss: float
+    loss: Tensor  # 0-d, float64: read on the host only when needed (no sync per step)
     correct: Tensor
 
 

@@ -25,6 +25,15 @@ epoch's `EpochResult.divergence` says which learner and what; it is the last epo
 What to do about it is the caller's: the trainer keeps the last good checkpoint and raises
 `TrainingDiverged`, the experiments record the run as diverged.
 
+No host synchronisation per step: the data are checked once (`bioprop.batches.check_data`:
+finite inputs, labels in range) and the steps run inside `bioprop.batches.prechecked()`, so the
+rules skip their per-batch checks and report the loss as a 0-d tensor; the losses and correct
+counts are summed as tensors. The losses are read back every `divergence_check_every` steps
+(default: every step on the CPU, where reading a computed tensor waits for nothing; every
+DIVERGENCE_CHECK_EVERY steps on an accelerator) and at the epoch's end; the divergence message
+names the first non-finite step either way, and on an accelerator up to that many - 1 steps
+more may have run on the diverged weights before the epoch stops.
+
 Inputs are given in the layout the networks read (flattened rows, (N, C, H, W) images, (N, T, n)
 sequences: see `bioprop.models.shape_batch`); only the first dimension is indexed here.
 """
@@ -40,6 +49,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .batches import check_data, prechecked
 from .errors import BioPropError
 from .network import Network
 from .rules.base import LearningRule, StepResult
@@ -47,6 +57,8 @@ from .rules.base import LearningRule, StepResult
 Tensor = torch.Tensor
 
 _EVAL_CHUNK = 8192
+#: steps between reads of the loss on an accelerator (see the module docstring)
+DIVERGENCE_CHECK_EVERY = 50
 
 
 class TrainingDiverged(BioPropError):
@@ -141,21 +153,24 @@ class Learner:
     name: str = ""
     #: a torch.distributed job this learner trains in (bioprop.distributed.Cluster), or None
     cluster: Any = None
-    loss_sum: float = 0.0
+    loss_sum: Tensor | float = 0.0  # float64 sum of the step losses (a tensor after the first step)
     batches: int = 0
     seen: int = 0
     correct: Tensor | int = 0
 
-    def step(self, x: Tensor, y: Tensor) -> float:
-        """One step of the rule on (x, y); returns the batch loss (data-parallel: the global batch's)."""
+    def step(self, x: Tensor, y: Tensor) -> Tensor:
+        """One step of the rule on (x, y); returns the batch loss (data-parallel: the global
+        batch's) as a 0-d float64 tensor, without reading it on the host."""
         if self.cluster is not None:
             combined = self.cluster.step(self.rule, self.net, x, y)
             loss, correct = combined.loss, combined.correct
         else:
             result = self.rule.step(self.net, x, y)
-            loss = float(result["loss"])  # rules report the loss as a float already
+            # a tensor inside prechecked(), a float from a rule that reads it itself; float64 so
+            # the sum rounds as the Python float sum of the float losses did
+            loss = torch.as_tensor(result["loss"], dtype=torch.float64, device=result["output"].device)
             correct = (result["output"].argmax(dim=1) == y).sum()
-        self.loss_sum += loss
+        self.loss_sum = self.loss_sum + loss
         # the correct count stays a tensor until the epoch ends: no host sync per step
         self.correct = self.correct + correct
         self.seen += y.shape[0]
@@ -163,7 +178,7 @@ class Learner:
         return loss
 
     def epoch_metrics(self) -> LearnerMetrics:
-        metrics = LearnerMetrics(train_loss=self.loss_sum / max(self.batches, 1),
+        metrics = LearnerMetrics(train_loss=float(self.loss_sum) / max(self.batches, 1),
                                  train_acc=int(self.correct) / max(self.seen, 1))
         self.loss_sum, self.correct, self.seen, self.batches = 0.0, 0, 0, 0
         return metrics
@@ -185,6 +200,22 @@ def _describe(learner: Learner, index: int) -> str:
     return learner.name or getattr(learner.rule, "name", None) or f"learner {index + 1}"
 
 
+def _first_non_finite(learners: Sequence[Learner], unread: list[list[Tensor]], steps: int) -> str | None:
+    """Read the losses of the steps since the last read (one host read for all of them); the
+    first non-finite one, per step and then per learner, as a divergence message, or None."""
+    first_step = steps - len(unread[0]) + 1
+    losses = torch.stack([torch.stack(per_learner) for per_learner in unread])  # (learners, steps)
+    for per_learner in unread:
+        per_learner.clear()
+    finite = torch.isfinite(losses)
+    if bool(finite.all()):
+        return None
+    bad_step = int((~finite).any(dim=0).nonzero()[0, 0])
+    number = int((~finite[:, bad_step]).nonzero()[0, 0])
+    return (f"the training loss of {_describe(learners[number], number)} became {float(losses[number, bad_step])} "
+            f"at step {first_step + bad_step}")
+
+
 def train_epochs(
     learners: Sequence[Learner],
     train_x: Tensor,
@@ -198,29 +229,39 @@ def train_epochs(
     eval_every: int = 1,
     before_step: Callable[[int, int, Tensor, Tensor], None] | None = None,
     progress: bool = False,
+    divergence_check_every: int | None = None,
 ) -> Iterator[EpochResult]:
     """Train every learner on the same batches for epochs first_epoch .. epochs; yield after each.
 
-    See the module docstring for the batch order, the metrics and divergence. `progress`: a tqdm
-    bar over each epoch's batches on stderr (shown only on a terminal)."""
+    See the module docstring for the batch order, the metrics and divergence (and
+    `divergence_check_every`: None = every step on the CPU, DIVERGENCE_CHECK_EVERY elsewhere).
+    `progress`: a tqdm bar over each epoch's batches on stderr (shown only on a terminal)."""
     n_train = int(train_x.shape[0])
+    if learners:
+        net = learners[0].net  # a Network, or a RateNetwork (the credit rule's dense circuit)
+        check_data(train_x, train_y, getattr(net, "output_size", None) or getattr(net, "n_outputs"))
+    if divergence_check_every is None:
+        on_cpu = train_x.device.type == "cpu" and all(learner.net.device.type == "cpu" for learner in learners)
+        divergence_check_every = 1 if on_cpu else DIVERGENCE_CHECK_EVERY
     for epoch in range(first_epoch, epochs + 1):
         start = time.perf_counter()
         batches = epoch_batches(n_train, batch_size, shuffle, train_x.device)
         bar = tqdm(batches, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, file=sys.stderr,
                    disable=True if not progress else None)
         divergence, steps = None, 0
+        unread: list[list[Tensor]] = [[] for _ in learners]  # per learner: losses since the last read
         for batch_index, index in enumerate(bar):
             x, y = train_x[index], train_y[index]
             if before_step is not None:
                 before_step(epoch, (epoch - 1) * len(batches) + batch_index, x, y)
-            for number, learner in enumerate(learners):
-                loss = learner.step(x, y)
-                if not math.isfinite(loss) and divergence is None:
-                    divergence = f"the training loss of {_describe(learner, number)} became {loss} at step {batch_index + 1}"
+            for losses, learner in zip(unread, learners):
+                with prechecked():
+                    losses.append(learner.step(x, y))
             steps += 1
-            if divergence is not None:
-                break
+            if steps % divergence_check_every == 0 or steps == len(batches):
+                divergence = _first_non_finite(learners, unread, steps)
+                if divergence is not None:
+                    break
         bar.close()
         metrics = [learner.epoch_metrics() for learner in learners]
         if divergence is None:

@@ -5,6 +5,12 @@ step on a batch in place, on any `bioprop.Network` (an MLP, a wrapped nn.Sequent
 and returns a `StepResult` (a dataclass: at least `loss`, the batch loss before the update, and
 `output`, the network output z_L before the update; each rule's subclass adds what it measured).
 For code written against the earlier dict results, `result["loss"]` reads the attribute too.
+
+No host synchronisation per step: a rule's `_step` keeps its loss a detached 0-d tensor. The
+public `step` hands it to the user as a Python float (one read of a number the user is about
+to print; the API's contract), except inside `bioprop.batches.prechecked()`, the trainer's
+entry, where it stays a tensor and the per-batch value checks are skipped (the trainer checked
+its data once).
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..batches import is_prechecked
 from ..errors import BioPropError
 from ..losses import Loss, get_loss
 from ..network import MLP, Network
@@ -24,9 +31,14 @@ Tensor = torch.Tensor
 @dataclass
 class StepResult:
     """What one training step reports. `trace` (per inference step: the rule's state) is None
-    unless the step was asked for one with trace=True."""
+    unless the step was asked for one with trace=True.
 
-    loss: float
+    `loss`: the batch loss before the update. A rule's `_step` makes it a detached 0-d tensor
+    (computing it syncs nothing); `step` gives it as a float, inside `bioprop.batches.prechecked()`
+    (the trainer) as that tensor: `float(result.loss)` reads it either way. Other figures a
+    result reports (residuals, per-level tensors) are tensors too unless documented."""
+
+    loss: Tensor | float
     output: Tensor
     trace: list | None = None
 
@@ -87,7 +99,7 @@ class LearningRule:
         """
         x, y = check_batch(net, x, y)
         with torch.no_grad():
-            return self._step(net, x, y, trace)
+            return reported(self._step(net, x, y, trace))
 
     def _step(self, net: Network, x: Tensor, y: Tensor, trace: bool) -> StepResult:
         raise NotImplementedError
@@ -117,6 +129,14 @@ class LearningRule:
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{type(self).__name__}({opts})"
+
+
+def reported(result: StepResult) -> StepResult:
+    """The result as `step` returns it: the loss a float, or inside `prechecked()` (the
+    trainer) the 0-d tensor the rule computed (no host synchronisation)."""
+    if isinstance(result.loss, Tensor) and not is_prechecked():
+        result.loss = float(result.loss)
+    return result
 
 
 def check_positive(name: str, value: float, allow_zero: bool = False) -> float:

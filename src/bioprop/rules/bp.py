@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import LearningRule, StepResult, check_batch
+from .base import LearningRule, StepResult
 
 
 class BackpropRule(LearningRule):
@@ -20,8 +20,7 @@ class BackpropRule(LearningRule):
     benchmark_cases = {"bp": {}}
     claims_exactness = True
 
-    def step(self, net, x, y, trace=False):
-        x, y = check_batch(net, x, y)
+    def _step(self, net, x, y, trace):
         parameters = net.parameters_list()
         with torch.enable_grad():
             output = net(x)
@@ -29,4 +28,4 @@ class BackpropRule(LearningRule):
             gradients = torch.autograd.grad(loss, parameters)
         with torch.no_grad():
             torch._foreach_add_(parameters, gradients, alpha=-self.lr)
-        return StepResult(loss=float(loss.detach()), output=output.detach(), trace=[] if trace else None)
+        return StepResult(loss=loss.detach(), output=output.detach(), trace=[] if trace else None)

@@ -428,7 +428,7 @@ class FourSynapseCircuit(LearningRule):
             for matrix, increment in zip(self.to_teaching, cross):
                 matrix.mul_(1 - self.kappa).add_(increment.T, alpha=self.eta_vbar)
 
-        return CircuitStepResult(float(self.loss(output, y)), output, [] if trace else None, deltas=eps,
+        return CircuitStepResult(self.loss(output, y).detach(), output, [] if trace else None, deltas=eps,
                                  gradient_estimates=_per_parameter(net, weights, estimates), teaching=teaching,
                                  downstream=downstream)
 

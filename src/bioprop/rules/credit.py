@@ -90,7 +90,7 @@ from ..rate_network import (
     settle_credit,
     weight_change,
 )
-from .base import LearningRule, StepResult, check_batch, check_int, check_positive, sgd_write
+from .base import LearningRule, StepResult, check_batch, check_int, check_positive, reported, sgd_write
 
 Tensor = torch.Tensor
 
@@ -108,7 +108,8 @@ class CreditStepResult(StepResult):
     gradient_estimates:   layered: per entry of net.parameters_list(), -<drive (dz/dtheta)>, the
                           update being -lr times it; None for the dense circuit
     rates, net_input:     dense: the settled firing x and net input s; None when layered
-    firing_/credit_ steps, converged, residual: see Settling; converged: both converged
+    firing_/credit_ steps, converged, residual: see Settling; converged: both converged (the
+                          layered form's residuals after cut sweeps are 0-d tensors: no read per step)
     """
 
     credit: list | Tensor | None = None
@@ -118,10 +119,10 @@ class CreditStepResult(StepResult):
     net_input: Tensor | None = None
     firing_steps: int = 0
     firing_converged: bool = True
-    firing_residual: float = 0.0
+    firing_residual: float | Tensor = 0.0
     credit_steps: int = 0
     credit_converged: bool = True
-    credit_residual: float = 0.0
+    credit_residual: float | Tensor = 0.0
     converged: bool = True
 
 
@@ -230,7 +231,7 @@ class CreditRule(LearningRule):
                 raise BioPropError("dynamics='layered' is the block form of a layered bioprop.Network; a RateNetwork runs 'dense' (or 'auto')")
             x, y = check_rate_batch(net, x, y)
             with torch.no_grad():
-                return self._dense_step(net, x, y, trace)
+                return reported(self._dense_step(net, x, y, trace))
         if not isinstance(net, Network):
             raise BioPropError(
                 f"net: expected a network (bioprop.wrap(model), a bioprop.ElmanRNN, a bioprop.MLP or a "
@@ -244,8 +245,8 @@ class CreditRule(LearningRule):
         x, y = check_batch(net, x, y)
         with torch.no_grad():
             if self.dynamics == "dense":
-                return self._embedded_step(net, x, y, trace)
-            return self._layered_step(net, x, y, trace)
+                return reported(self._embedded_step(net, x, y, trace))
+            return reported(self._layered_step(net, x, y, trace))
 
     # -- the general circuit --------------------------------------------------------------------
     def _dense_step(self, net: RateNetwork, stimulus: Tensor, y: Tensor, trace: bool):
@@ -271,7 +272,7 @@ class CreditRule(LearningRule):
         if net.bias is not None:
             sgd_write(net.bias, db)
         return CreditStepResult(
-            float(self.loss(output, y)), output, _trace(firing_record, credit_record) if trace else None,
+            self.loss(output, y).detach(), output, _trace(firing_record, credit_record) if trace else None,
             credit=credit, rates=rates, net_input=s, **_settling_info(firing, credit_settling),
         )
 
@@ -339,7 +340,7 @@ class CreditRule(LearningRule):
             if estimate is not None:
                 parameter.data.add_(estimate, alpha=-self.lr)
         return CreditStepResult(
-            float(self.loss(output, y)), output, _trace(firing_record, credit_record) if trace else None,
+            self.loss(output, y).detach(), output, _trace(firing_record, credit_record) if trace else None,
             credit=credit, deltas=deltas[:-1], gradient_estimates=estimates,
             **_settling_info(firing, credit_settling),
         )
@@ -373,10 +374,11 @@ def _layered_firing(net: Network, x: Tensor, steps: int | None, record: list | N
         fired = [level.rate.forward(z) for level, z in zip(levels, preactivations)]
         new = [r for r, _ in fired]
         contexts = [context for _, context in fired]
-        residual = _relative_change(new, state)
-        state = new
+        previous, state = state, new
         if record is not None:
             record.append([input_rates] + state)
+    if steps >= 1:  # only the last sweep's change is reported: read once, and kept a tensor
+        residual = _relative_change(state, previous)
     return ForwardPass([input_rates] + state[:-1], preactivations, levels, sides, contexts), residual
 
 
@@ -395,19 +397,24 @@ def _layered_credit(forward: ForwardPass, error: Tensor, derivative, output_gain
                                         forward.rates[index + 1])
             for index in range(len(levels) - 1)
         ] + [error]
-        residual = _relative_change(new, state)
-        state = new
+        previous, state = state, new
         if record is not None:
             record.append(list(state))
+    if steps >= 1:
+        residual = _relative_change(state, previous)
     return state, residual
 
 
-def _relative_change(new: list[Tensor], old: list[Tensor]) -> float:
-    change = max((float((a - b).abs().max()) for a, b in zip(new, old) if a.numel()), default=0.0)
-    size = max((float(a.abs().max()) for a in new if a.numel()), default=0.0)
-    if size > 0:
-        return change / size
-    return 0.0 if change == 0 else math.inf
+def _relative_change(new: list[Tensor], old: list[Tensor]) -> Tensor | float:
+    """max |new - old| / max |new| over the levels (0 for no change, inf for a change from 0), as a
+    0-d tensor: computed without reading anything back to the host."""
+    pairs = [(a, b) for a, b in zip(new, old) if a.numel()]
+    if not pairs:
+        return 0.0
+    change = torch.stack([(a - b).abs().max() for a, b in pairs]).max()
+    size = torch.stack([a.abs().max() for a, _ in pairs]).max()
+    ratio = change / torch.where(size > 0, size, torch.ones_like(size))
+    return torch.where(size > 0, ratio, torch.where(change == 0, torch.zeros_like(change), torch.full_like(change, math.inf)))
 
 
 def _settling_info(firing: Settling, credit: Settling) -> dict[str, Any]:

@@ -343,7 +343,7 @@ class FeedbackRule(LearningRule):
         level_slots = [[slot[id(p)] for p in level.parameters] for level in levels]
         estimates = pool(net, levels, per_level, level_slots)
         self._write(parameters, levels, keyed, estimates)
-        return FeedbackStepResult(float(loss), output, [] if trace else None, [d * batch for d in deltas[:-1]], estimates)
+        return FeedbackStepResult(loss.detach(), output, [] if trace else None, [d * batch for d in deltas[:-1]], estimates)
 
     def feedback_from(self, net: Network, levels: Sequence[Level], keyed: list) -> list[Tensor]:
         """The feedback of the drawn state on these levels, one per key (sign recomputes it from W)."""

@@ -19,6 +19,18 @@ level at the same step, so a parameter shared by several levels (an unrolled RNN
 changes at once either way; shared_updates ("pooled" or "immediate") is there for symmetry with
 Z-IL and Fa-Z-IL and gives the same numbers.
 
+The cost floor. Per presentation IL needs: the forward pass (one product per level: mu_l(0)
+= z_l, and mu_1 = A_1(r_0) for the whole presentation, r_0 being clamped); at each of the T
+inference steps two products per level above the input, A_l(r_{l-1}) for mu_l and A_l^T eps_l
+for the feedback (levels 2..L); and at t_c one parameter VJP per level. On 784-128-128-10
+(per sample, in multiply-adds) that is 118,016 + 20 x 35,328 + 118,016 = 942,592 against BP's
+118,016 + 17,664 + 118,016 = 253,696: IL's floor is 3.7x BP's products per batch (the
+input level's 100,352, most of the work, enters twice, not T times). `predictive_coding.simulate`
+runs at that floor: no product is computed twice, the value nodes move in place (the same
+numbers as the plain loop, bit for bit; tests/test_il_floor.py). What is left above the floor
+is per-operation dispatch on small matrices; the measured ms per step (docs/rules.md, "IL's
+cost floor") say how much.
+
 Options: gamma (0.1), n_steps = T (20), init_noise (std of Gaussian noise added to the hidden
 value nodes at t = 0; 0 = start at the prediction fixpoint), seed (for that noise; its
 generator is in state_dict()), ce_teacher ("moving": eps_L = y - softmax(mu_L) follows the

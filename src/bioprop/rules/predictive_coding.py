@@ -219,16 +219,24 @@ def errors_of(state: PCState, predictions: list[Tensor], teacher) -> list[Tensor
 
 
 def inference_step(state: PCState, rates: list[Tensor], contexts: list[RateContext], errors: list[Tensor],
-                   gamma: float, output_free: bool) -> PCState:
-    """x(t+1) from x(t) and eps(t), with the weights as they are at t (module docstring)."""
+                   gamma: float, output_free: bool, in_place: bool = False) -> PCState:
+    """x(t+1) from x(t) and eps(t), with the weights as they are at t (module docstring).
+
+    in_place=True moves `state`'s own offsets (no new buffers; the same numbers to the bit): for
+    a caller that owns them and keeps no earlier state (`simulate` without a trace)."""
     levels = state.levels
     offsets = []
     for index, (offset, eps) in enumerate(zip(state.offsets[:-1], errors[:-1])):
         above = levels[index + 1]
         feedback = above.input_vjp(errors[index + 1], rates[index + 1])  # A_{l+1}^T eps_{l+1}
-        offsets.append(offset + gamma * (-eps + levels[index].rate.vjp(feedback, contexts[index])))
+        # gamma * (G^T feedback - eps), rounded as gamma * (-eps + G^T feedback) is (IEEE negation and
+        # addition commute exactly); the products are fresh tensors, so scaling them in place is safe
+        change = (levels[index].rate.vjp(feedback, contexts[index]) - eps).mul_(gamma)
+        offsets.append(offset.add_(change) if in_place else offset + change)
     output = state.offsets[-1]
-    offsets.append(output - gamma * errors[-1] if output_free else output)
+    if output_free:
+        output = output.sub_(gamma * errors[-1]) if in_place else output - gamma * errors[-1]
+    offsets.append(output)
     return state.with_offsets(offsets)
 
 
@@ -273,6 +281,9 @@ class Plasticity:
         self.net, self.levels, self.scale = net, list(levels), scale
         self.at_once = list(at_once)
         self.pending: list[Tensor | None] = [None] * len(self.at_once)
+        #: the parameters the first level reads: while none is written, mu_1 = A_1(r_0, u_1) stands
+        self.input_slots = set(net.parameter_slots(self.levels)[0]) if self.levels else set()
+        self.input_level_written = False
 
     def changes(self, gates: list, errors: list[Tensor], rates: list[Tensor], sides: list) -> list:
         """Per level: parameter_vjp(gate * eps_l, r_{l-1}, u_l), or None where the gate is off."""
@@ -288,6 +299,8 @@ class Plasticity:
         totals = pool(self.net, self.levels, per_level)
         now = [total if at_once else None for total, at_once in zip(totals, self.at_once)]
         write_scaled(self.net, now, self.scale)
+        if any(now[slot] is not None for slot in self.input_slots):
+            self.input_level_written = True
         for slot, (total, at_once) in enumerate(zip(totals, self.at_once)):
             if total is not None and not at_once:
                 self.pending[slot] = total if self.pending[slot] is None else self.pending[slot] + total
@@ -307,19 +320,28 @@ def advance(
     gate: PlasticityGate,
     output_free: bool,
     infer: bool = True,
+    input_prediction: Tensor | None = None,
+    in_place: bool = False,
+    predictions: list[Tensor] | None = None,
 ) -> tuple[PCState, list[Tensor], list]:
     """One time step t: errors from the state; parameter changes where `gate` says; x(t+1).
 
     Returns the new state (the same one if infer=False), the errors at t and the per-level
     changes (None where the level did not learn), handed to `plasticity` after the inference
-    step (so x(t+1) sees the weights of time t)."""
+    step (so x(t+1) sees the weights of time t). `input_prediction`: mu_1 = A_1(r_0, u_1) when
+    the caller has it (r_0 is clamped, so it stands until level 1's parameters are written);
+    `in_place`: see `inference_step`; `predictions`: mu_1 .. mu_L when the caller has them all
+    (at the feed-forward state they are the forward pass's z_l)."""
     rates, contexts = rates_and_contexts(state)
-    predictions = [level.forward(r, side) for level, r, side in zip(state.levels, rates, state.sides)]
+    if predictions is None:
+        above_input = zip(state.levels[1:], rates[1:], state.sides[1:])
+        first = state.levels[0].forward(rates[0], state.sides[0]) if input_prediction is None else input_prediction
+        predictions = [first] + [level.forward(r, side) for level, r, side in above_input]
     errors = errors_of(state, predictions, teacher)
     gates = gate(t, errors, predictions)
     changes = plasticity.changes(gates, errors, rates, state.sides)
     if infer:
-        state = inference_step(state, rates, contexts, errors, gamma, output_free)
+        state = inference_step(state, rates, contexts, errors, gamma, output_free, in_place)
     plasticity.add(changes)
     return state, errors, changes
 
@@ -351,22 +373,40 @@ def simulate(
     n_steps: int,
     gate: PlasticityGate,
     record: bool = False,
+    first_predictions: list[Tensor] | None = None,
 ) -> DynamicsResult:
     """Run t = 0 .. n_steps-1 of inference with plasticity, updating the net in place.
 
     The teacher is on throughout (a FreeOutput teacher gives the prediction phase). No
     inference step follows the last t: nothing after it could change a weight. Pooled changes
-    are written after the last step.
+    are written after the last step. `first_predictions`: mu_1 .. mu_L of `state` under the
+    current weights, when the caller has them (`present`: the forward pass's z_l, the state
+    being the feed-forward state); otherwise they are computed.
     """
     output_free = isinstance(teacher, FreeOutput)
     if isinstance(teacher, ValueClamp):
         state = clamp_output(state, teacher)
     trace: list[TraceEntry] = []
     errors: list[Tensor] = []
+    # without a trace no earlier state is kept: the value nodes move in buffers of their own
+    in_place = not record
+    if in_place:
+        state = state.copy()
+    # mu_1 = A_1(r_0, u_1): the input is clamped, so it is computed once per presentation and
+    # again only after a write to a parameter level 1 reads (Z-IL's immediate shared writes)
+    input_level = state.levels[0]
+    if first_predictions is None:
+        input_prediction = input_level.forward(state.input_rates, state.sides[0])
+    else:
+        input_prediction = first_predictions[0]
     for t in range(n_steps):
         before = state
+        if plasticity.input_level_written:
+            input_prediction = input_level.forward(state.input_rates, state.sides[0])
+            plasticity.input_level_written = False
         state, errors, changes = advance(
-            state, teacher, plasticity, t=t, gamma=gamma, gate=gate, output_free=output_free, infer=t < n_steps - 1
+            state, teacher, plasticity, t=t, gamma=gamma, gate=gate, output_free=output_free, infer=t < n_steps - 1,
+            input_prediction=input_prediction, in_place=in_place, predictions=first_predictions if t == 0 else None,
         )
         if record:
             trace.append(trace_entry(t, before, errors, changes))
@@ -390,9 +430,10 @@ def trace_entry(t: int, state: PCState, errors: list[Tensor], changes: list) -> 
 
 @dataclass
 class Presented:
-    """What every PCN rule reports of a presentation: loss and output before the update."""
+    """What every PCN rule reports of a presentation: loss (a detached 0-d tensor) and output
+    before the update."""
 
-    loss: float
+    loss: Tensor
     output: Tensor
     trace: list[TraceEntry] | None
 
@@ -419,13 +460,18 @@ def present(
     `write_schedule(net, levels, shared_updates, unshared_at_once)` says.
     """
     state = feedforward_state(net, x)
-    output = state.value_nodes[-1]
+    output = state.anchors[-1] + state.offsets[-1]
     teacher = make_teacher(loss, y, output, fixed_error=fixed_error)
     at_once = write_schedule(net, state.levels, shared_updates, unshared_at_once)
     plasticity = Plasticity(net, state.levels, lr / x.shape[0], at_once)
+    # at the feed-forward state mu_l = z_l, the forward pass's own numbers (the floor: no product
+    # is computed twice); noise on the value nodes moves the rates, so then they are computed
+    first_predictions = list(state.anchors) if init_noise == 0 else None
     state = noisy_start(state, init_noise, noise)
-    result = simulate(state, teacher, plasticity, gamma=gamma, n_steps=n_steps, gate=gate, record=record)
-    return Presented(float(loss(output, y)), output, result.trace if record else None)
+    result = simulate(state, teacher, plasticity, gamma=gamma, n_steps=n_steps, gate=gate, record=record,
+                      first_predictions=first_predictions)
+    # the loss stays a 0-d tensor: reading it is the caller's host synchronisation, not the step's
+    return Presented(loss(output, y).detach(), output, result.trace if record else None)
 
 
 def noisy_start(state: PCState, sigma: float, generator: torch.Generator | None) -> PCState:

@@ -154,7 +154,7 @@ class ZeroDivergenceIL(LearningRule):
         output = forward.output
         _, changes = backward_sweep(forward, -self.loss.output_error(output, y), scale=self.gamma)  # eps_L(0) = -e
         write_scaled(net, pool(net, forward.levels, changes), self.lr / x.shape[0])
-        return ZILResult(float(self.loss(output, y)), output, None, dynamics="front",
+        return ZILResult(self.loss(output, y).detach(), output, None, dynamics="front",
                          n_inference_steps=len(forward.levels) - 1)
 
     def _full_step(self, net, x, y, trace):
