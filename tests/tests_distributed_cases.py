@@ -9,6 +9,11 @@ CASES = {
     "zil": ("zil", {}, "mlp"),
     "credit": ("credit", {}, "mlp"),
     "kp": ("kp", {"decay": 1e-2}, "mlp"),
+    "il-noisy": ("il", {"init_noise": 0.1, "n_steps": 5}, "mlp"),  # batch noise drawn globally, sliced
+    "fa": ("fa", {}, "mlp"),
+    "sign": ("sign", {}, "mlp"),
+    "dfa": ("dfa", {}, "mlp"),
+    "fa-lenet5": ("fa", {}, "lenet5"),
     "zil-lenet5": ("zil", {}, "lenet5"),
     "fazil-rnn": ("fazil", {}, "rnn"),
 }
