@@ -21,7 +21,9 @@ ms: the median over the network's cases of each case's reference median); our `b
 A rule whose step fails on a network gives a "not supported: <reason>" row.
 
 Quick (default): batch 32, 5 rounds of ~10 ms blocks, 60 s of timing shared among the cases
-(a minute or two on 2 cores). --full: batches 16, 64 and 256, 21 rounds of ~20 ms blocks, 600 s.
+(a minute or two on 2 cores with --threads 1). --full: batches 16, 64 and 256, 21 rounds of ~20 ms
+blocks, 600 s of timing (16 minutes of wall-clock time on 2 loaded cores: the slow cases still run
+3 rounds).
 Writes runtime.csv/.json/.md and runtime.png (ratios to BP, ours beside the paper's) into --out
 (default results/song2020-runtime), atomically, and prints a provenance line (command, bioprop
 and torch versions, machine, threads).
