@@ -86,13 +86,15 @@ def default_cases() -> dict[str, tuple[str, dict]]:
 @dataclass(frozen=True)
 class NetworkSpec:
     """A benchmarked network: `name` (mlp, lenet5, rnn, or mlp:8-6-3), the loss, the shape of
-    one input sample, and the MLP's widths where it is one."""
+    one input sample, the MLP's widths where it is one, and the `build_model` name of a wrapped
+    nn.Sequential (lenet5, cnn-small) whose reference is a deep copy of that Sequential."""
 
     name: str
     description: str
     loss: str
     sample_shape: tuple[int, ...]
     sizes: tuple[int, ...] | None = None
+    model: str | None = None
 
     @property
     def n_classes(self) -> int:
@@ -103,7 +105,7 @@ def network_spec(name: str) -> NetworkSpec:
     if name == "mlp":
         return mlp_spec([784, 256, 256, 256, 10])
     if name == "lenet5":
-        return NetworkSpec("lenet5", "LeNet-5 on 1x28x28 (tanh, avg pool)", "ce", (1, 28, 28))
+        return NetworkSpec("lenet5", "LeNet-5 on 1x28x28 (tanh, avg pool)", "ce", (1, 28, 28), model="lenet5")
     if name == "rnn":
         return NetworkSpec("rnn", "Elman RNN, 28 rows of 28, hidden 128 (tanh)", "ce", (28, 28))
     raise BioPropError(f"--networks {name!r}: choose from {', '.join(NETWORK_NAMES)}")
@@ -149,8 +151,8 @@ def build_pair(spec: NetworkSpec, dtype: torch.dtype, device: torch.device, seed
     if spec.sizes is not None:
         net = MLP(list(spec.sizes), activation="sigmoid", dtype=dtype, device=device, seed=seed)
         return net, _mlp_reference(net)
-    if spec.name == "lenet5":
-        net = build_model("lenet5", spec.sample_shape, spec.n_classes, dtype=dtype, device=device, seed=seed)
+    if spec.model is not None:
+        net = build_model(spec.model, spec.sample_shape, spec.n_classes, dtype=dtype, device=device, seed=seed)
         return net, copy.deepcopy(net.module)
     net = build_model("rnn", (1, *spec.sample_shape), spec.n_classes, hidden=(128,), dtype=dtype, device=device, seed=seed)
     return net, RowRNN(copy.deepcopy(net.rnn), copy.deepcopy(net.readout))

@@ -20,6 +20,7 @@ EXPERIMENTS = {
     "song2020-ablation": ("bioprop.experiments.song2020_ablation", "Z-IL with one condition broken at a time (Fig. 3)"),
     "song2020-dynamics": ("bioprop.experiments.song2020_dynamics", "error nodes over inference steps for IL, Z-IL, Fa-Z-IL (Fig. 2)"),
     "song2020-detection": ("bioprop.experiments.fazil_detection", "Fa-Z-IL detection success against t_d (Table 3)"),
+    "song2020-runtime": ("bioprop.experiments.song2020_runtime", "ms per weight update of BP, IL, Z-IL, Fa-Z-IL vs the paper (Table 4)"),
     "liao2024-accuracy": ("bioprop.experiments.liao2024_accuracy", "four-synapse circuit vs BP, FA, KP, sign, DFA: test accuracy"),
     "liao2024-width": ("bioprop.experiments.liao2024_width", "circuit accuracy and H's conditioning against downstream width (Fig. 2)"),
     "liao2024-spectra": ("bioprop.experiments.liao2024_spectra", "H = V̄V̄ᵀ and WWᵀ before and after training, spectra (Fig. 3)"),
