@@ -46,9 +46,10 @@ def test_command_writes_its_files_with_the_papers_figures(tmp_path, capsys):
     assert data["settings"]["threads"] == 1
     markdown = (out / "runtime.md").read_text()
     assert "| network | batch | rule | paper |" in markdown and "19.2" in markdown and "6.19" in markdown
-    printed = capsys.readouterr().out
-    assert "command: bioprop reproduce song2020-runtime" in printed and "torch " in printed and "threads 1" in printed
-    assert f"wrote {out}/runtime.csv" in printed
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "made by `bioprop reproduce song2020-runtime" in printed and "torch " in printed and "threads 1" in printed
+    assert f"wrote {out}/: " in captured.err and "runtime.csv" in captured.err  # the experiments' report line
 
 
 def test_paper_ratios_on_both_devices():

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 import platform
-import sys
 
 import torch
 
@@ -164,10 +163,11 @@ def _bar(value) -> float:
     return value if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else math.nan
 
 
-def provenance(command: str, device: torch.device, dtype: torch.dtype, threads: int) -> str:
+def machine_line(device: torch.device, dtype: torch.dtype, threads: int) -> str:
+    """Where the figures were measured (beside the provenance line of every experiment)."""
     env = benchmark.environment(device, dtype, 0, threads)
     machine = env["cpu"] + (f", GPU {env['gpu']}" if env["gpu"] else "")
-    return (f"command: {command}; bioprop {env['bioprop']}; torch {env['torch']}; machine: {machine} "
+    return (f"bioprop {env['bioprop']}; torch {env['torch']}; machine: {machine} "
             f"({platform.platform()}, {_cores()} cores); threads {threads}; device {device}; {env['dtype']}")
 
 
@@ -187,7 +187,7 @@ def configure_parser(parser) -> None:
                         help="seconds of timing shared among the cases; each case runs at least 3 rounds (default 60; --full 600)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default float32")
     parser.add_argument("--threads", type=int, default=None, help="torch threads while timing (default: torch's)")
-    parser.add_argument("--out", default=None, help="folder for runtime.csv/.json/.md/.png (default results/song2020-runtime)")
+    outputs.add_output_arguments(parser, "song2020-runtime")
 
 
 def run(args) -> int:
@@ -202,10 +202,8 @@ def run(args) -> int:
                                 threads=threads, time_budget=settings["time_budget"], min_repeats=min(3, settings["repeats"]))
     device, dtype = args.device, getattr(torch, settings["dtype"])
     specs = [network_spec(name) for name in settings["networks"]]
-    out = outputs.output_folder(args.out, "song2020-runtime")
-    command = "bioprop " + " ".join(sys.argv[1:]) if sys.argv[1:3] == ["reproduce", "song2020-runtime"] \
-        else "bioprop reproduce song2020-runtime" + (" --full" if args.full else "")
-    line = provenance(command, device, dtype, threads)
+    out = outputs.start(args, "song2020-runtime")
+    line = machine_line(device, dtype, threads)
     outputs.say(f"song2020-runtime: {settings}\n{line}")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)  # building and probing too, not only the timed blocks
@@ -215,15 +213,15 @@ def run(args) -> int:
         torch.set_num_threads(threads_before)
     markdown = outputs.markdown_table(rows, COLUMNS)
     print(markdown)
-    print(line)
+    print(f"{out.provenance}; {line}")
     notes = (f"{line}\n\nx torch: rule's median ms / plain PyTorch's (torch.optim.SGD, same network, weights and batch, "
              "interleaved blocks); x bp: that over our bp rule's; paper x BP: the paper's rule ms over its BP ms "
              f"(Table 4, {'GPU' if device.type == 'cuda' else 'CPU'}, ImageNet-scale network, not these networks).")
-    outputs.write_tables(out, "runtime", "ms per weight update (Song et al. 2020, Table 4)", rows,
-                         {**settings, "threads": threads, "device": str(device)}, markdown, notes,
-                         extra={"provenance": line, "paper_ms": PAPER_MS,
+    out.tables("runtime", "ms per weight update (Song et al. 2020, Table 4)", rows,
+               {**settings, "threads": threads, "device": str(device)}, markdown, notes,
+               extra={"machine": line, "paper_ms": PAPER_MS,
                                 "method": "bioprop.benchmark.benchmark: per case a fresh network and plain-PyTorch copy, "
                                           "interleaved ABBA blocks timed by torch.utils.benchmark.Timer.timeit"})
-    plot(rows, out / "runtime.png", device.type)
-    print(f"wrote {out}/runtime.csv, runtime.json, runtime.md, runtime.png")
+    plot(rows, out.path("runtime.png"), device.type)
+    out.report()
     return 0
