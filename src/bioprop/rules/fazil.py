@@ -60,6 +60,44 @@ and oscillates otherwise (measured: an Elman RNN 3-4-3 at its default init never
 W_hh and the readout halved it settles in about 40 steps and the stream equals BPTT). A phase
 that does not settle within max_prediction_steps breaks C1 for that pair: the result counts it
 (unconverged_prediction_phases). The init-noise generator is in state_dict().
+
+How step() is simulated (option `simulation`). "dense" is the reference: every node of every
+level at every one of the n_steps steps, phi run on all of them (`predictive_coding.simulate`).
+"events" (the default through "auto" when its conditions hold) simulates only what can reach
+an output of the call (the weights, the loss, phi's firings and the detection counts):
+
+- Ahead of the front (level L-k at t < k): nothing is computed. Under C1 and C3 its error is 0
+  to the bit, its prediction is z_l to the bit and its value node does not move (its inputs, the
+  error above and the rates below, have not changed: Lemma A3's induction, run on the floats:
+  W^T 0 = 0, f'(z) * 0 = 0, 0 + 1 * (-0 + 0) = 0), so phi's change test is false and its run
+  only grows: no firing, nothing to tally but "no change".
+- The front (level L-k at t = k): computed exactly as the dense simulation does: its error is
+  the feedback that arrived, eps_l(k) = G_l^T [A_{l+1}^T eps_{l+1}(k-1)] (the dense 0 + 1 * (-0 + v)
+  is v to the bit), its prediction is still z_l, so phi's test reduces to
+  |eps_l(k)| > change_tol * (1 + |z_l|) (the history is at rest and "from feedback" holds), and its
+  change is parameter_vjp(phi * eps_l, r_{l-1}, u_l): one forward, one sweep down, one outer
+  product per level, one elementwise test on the front level (Z-IL's front plus phi).
+- Behind the front (t > k): the reflections (value nodes still moving, predictions moved by the
+  rates below, weights written at once) are not computed. They can only reach an output through
+  a later firing of level l, which needs a change after t_d unchanged steps. A neuron that
+  changed at its front step k has a run of 1 at k + 1 and can fire at the earliest at k + t_d,
+  after the presentation when n_steps <= t_d. A neuron that did not change at its front (its
+  delta below the resolution: a "harmless miss") still has its long history and could fire on
+  a reflection; the dense simulation shows this happens in float32 (tens of post-front firings
+  a step on 784-256-256-256-10). So the event simulation checks, once per call (one host sync),
+  that no such neuron exists on a level with steps left after its front; if one does, the call
+  runs the dense simulation from the start instead (nothing has been written yet: the event
+  path collects its changes and writes them, in the dense order, after the check). Deferring
+  a write meant for "at once" changes nothing: the written parameters are read after that step
+  only by the post-front region, which cannot fire.
+
+So "auto" takes the events path when gamma = 1, init_noise = 0, no trace is asked for,
+n_steps <= t_d, and no parameter shared by several levels is written at once; it falls back to
+the dense reference otherwise, and at run time when the check above fails (result.simulation
+says which ran). simulation="events" forces the event path with neither check: under broken
+conditions (init_noise > 0, which it then ignores; harmless neurons) it differs from the dense
+reference: the negative control of tests/test_fazil_events.py. stream() always runs the dense
+dynamics (its history is real: a prediction phase that is not bit-for-bit still).
 """
 from __future__ import annotations
 
@@ -199,32 +237,53 @@ class DetectionTally:
         self._reset_presentation()
 
     def summary(self) -> Detection:
-        success, missed, harmless, spurious = (sum(c) for c in (self.success, self.missed, self.harmless, self.spurious))
-        total = success + missed + harmless + spurious
-        decided = success + missed + spurious
-        return Detection(
-            success=success,
-            missed=missed,
-            harmless_miss=harmless,
-            spurious=spurious,
-            success_rate=success / decided if decided else float("nan"),
-            strict_success_rate=success / total if total else float("nan"),
-            per_layer={
-                "success": list(self.success),
-                "missed": list(self.missed),
-                "harmless_miss": list(self.harmless),
-                "spurious": list(self.spurious),
-            },
-        )
+        return detection_from_counts(self.success, self.missed, self.harmless, self.spurious)
+
+    def counts(self) -> Tensor:
+        """(4, L) int64: success, missed, harmless, spurious per level, output last."""
+        return torch.tensor([self.success, self.missed, self.harmless, self.spurious], dtype=torch.long)
+
+
+def detection_from_counts(success: list[int], missed: list[int], harmless: list[int], spurious: list[int]) -> Detection:
+    """Detection from per-level counts (output last)."""
+    total_success, total_missed, total_harmless, total_spurious = (sum(c) for c in (success, missed, harmless, spurious))
+    total = total_success + total_missed + total_harmless + total_spurious
+    decided = total_success + total_missed + total_spurious
+    return Detection(
+        success=total_success,
+        missed=total_missed,
+        harmless_miss=total_harmless,
+        spurious=total_spurious,
+        success_rate=total_success / decided if decided else float("nan"),
+        strict_success_rate=total_success / total if total else float("nan"),
+        per_layer={
+            "success": list(success),
+            "missed": list(missed),
+            "harmless_miss": list(harmless),
+            "spurious": list(spurious),
+        },
+    )
 
 
 @dataclass
 class FaZILResult(StepResult):
-    """Fa-Z-IL's step: loss and output before the update, the inference steps run, and how the
-    gate phi fared (Detection)."""
+    """Fa-Z-IL's step: loss (a 0-d tensor) and output before the update, the inference steps
+    run, which simulation ran ("events" or "dense", module docstring), and how the gate phi
+    fared: `detection` (a Detection, read from detection_counts, a (4, L) int64 tensor of
+    success, missed, harmless and spurious counts per level, output last; kept as a tensor so
+    the step does not wait for the device)."""
 
     n_inference_steps: int = 0
-    detection: Detection | None = None
+    simulation: str = "dense"
+    detection_counts: Tensor | None = None
+
+    @property
+    def detection(self) -> Detection:
+        success, missed, harmless, spurious = self.detection_counts.tolist()
+        return detection_from_counts(success, missed, harmless, spurious)
+
+    def keys(self) -> list[str]:
+        return super().keys() + ["detection"]
 
 
 @dataclass
@@ -257,6 +316,9 @@ class FullyAutonomousZIL(LearningRule):
                             "mini-batch SGD), 'immediate' (written the moment phi fires: Algorithm 2 literally) or "
                             "'auto' (pooled for batches of more than one pair)",
         "seed": "seeds the init_noise draws",
+        "simulation": "how step() simulates the circuit: 'events' (only the error front and what can still fire: "
+                      "Z-IL's cost; forced, it skips the checks that it is exact), 'dense' (every node every step: the "
+                      "reference) or 'auto' (events where provably equal to dense, else dense)",
     }
     claims_exactness = True
     negative_controls = (
@@ -279,8 +341,12 @@ class FullyAutonomousZIL(LearningRule):
         batch_plasticity="auto",
         seed=0,
         shared_updates="pooled",
+        simulation="auto",
     ):
         super().__init__(lr, loss)
+        if simulation not in ("auto", "events", "dense"):
+            raise BioPropError(f"simulation={simulation!r}: choose 'auto', 'events' or 'dense'")
+        self.simulation = simulation
         self.t_d = check_int("t_d", t_d, 1)
         self.n_steps = None if n_steps is None else check_int("n_steps", n_steps, 1)
         self.gamma = check_positive("gamma", gamma)
@@ -317,6 +383,7 @@ class FullyAutonomousZIL(LearningRule):
             "batch_plasticity": self.batch_plasticity,
             "seed": self.seed,
             "shared_updates": self.shared_updates,
+            "simulation": self.simulation,
         }
 
     def state_dict(self):
@@ -340,7 +407,70 @@ class FullyAutonomousZIL(LearningRule):
 
         return gate
 
+    def _events_apply(self, net, levels, batch: int, trace: bool) -> bool:
+        """Whether "auto" may take the event path (module docstring); the run-time check follows."""
+        if trace or self.gamma != 1.0 or self.init_noise != 0:
+            return False
+        n_steps = self.n_steps or len(levels)
+        if n_steps > self.t_d:
+            return False
+        shares = net.shares_parameters(net.parameter_slots(levels))
+        return not (shares and self.shared_updates == "immediate")
+
     def _step(self, net, x, y, trace):
+        if self.simulation == "events" and trace:
+            raise BioPropError("simulation='events' records no trace; use simulation='dense' or 'auto' with trace=True")
+        if self.simulation != "dense":
+            levels = net.levels_for(x)
+            if self.simulation == "events" or self._events_apply(net, levels, x.shape[0], trace):
+                result = self._event_step(net, x, y, checked=self.simulation == "auto")
+                if result is not None:
+                    return result
+        return self._dense_step(net, x, y, trace)
+
+    def _event_step(self, net, x, y, checked: bool):
+        """The event simulation (module docstring); None when `checked` and a neuron that did
+        not change at its front could still fire (the caller then runs the dense reference)."""
+        forward = net.forward_pass(x)
+        levels = forward.levels
+        n_levels = len(levels)
+        n_steps = self.n_steps or n_levels
+        output = forward.output
+        teacher = make_teacher(self.loss, y, output)
+        tolerance = self._resolution(net)
+        error = teacher.output_error(output, output)  # eps_L(0): the teacher reads the prediction only
+        per_step: list[list] = []  # per step t: the per-level changes, as the dense simulation hands them over
+        fired_at_front: list[Tensor | None] = [None] * n_levels
+        for t in range(min(n_steps, n_levels)):
+            index = n_levels - 1 - t  # the front: level L - t
+            level = levels[index]
+            prediction = forward.preactivations[index]  # still z_l at the front, to the bit
+            fired = error.abs() > tolerance * (1 + prediction.abs())  # phi: changed, from feedback, at rest long
+            fired_at_front[index] = fired
+            change = level.parameter_vjp(fired.to(error.dtype) * error, forward.rates[index], forward.sides[index])
+            per_step.append([change if i == index else None for i in range(n_levels)])
+            if index > 0 and t < n_steps - 1:  # the feedback reaches level L - t - 1 at t + 1
+                feedback = level.input_vjp(error, forward.rates[index])
+                error = levels[index - 1].rate.vjp(feedback, forward.contexts[index - 1])
+        if checked:
+            # levels with steps left after their front: a neuron silent there keeps its long history
+            late = [fired_at_front[index] for index in range(n_levels)
+                    if fired_at_front[index] is not None and n_levels - 1 - index < n_steps - 1]
+            if late and bool(torch.stack([(~fired).any() for fired in late]).any()):
+                return None
+        plasticity = Plasticity(net, levels, self.lr / x.shape[0], self._write_schedule(net, levels, x.shape[0]))
+        for changes in per_step:
+            plasticity.add(changes)
+        plasticity.finish()
+        zero = torch.zeros((), dtype=torch.long, device=output.device)
+        success = [zero if fired is None else fired.sum() for fired in fired_at_front]
+        harmless = [zero if fired is None else (~fired).sum() for fired in fired_at_front]
+        counts = torch.stack([torch.stack(success), torch.zeros(n_levels, dtype=torch.long, device=output.device),
+                              torch.stack(harmless), torch.zeros(n_levels, dtype=torch.long, device=output.device)])
+        return FaZILResult(self.loss(output, y), output, None, n_inference_steps=n_steps - 1, simulation="events",
+                           detection_counts=counts)
+
+    def _dense_step(self, net, x, y, trace):
         levels = net.levels_for(x)
         n_levels = len(levels)
         detector = ChangeDetector(self.t_d, self._resolution(net))
@@ -354,8 +484,8 @@ class FullyAutonomousZIL(LearningRule):
             init_noise=self.init_noise, noise=self._noise, record=trace,
         )
         tally.close_presentation()
-        return FaZILResult(presented.loss, presented.output, presented.trace, n_inference_steps=n_steps - 1,
-                           detection=tally.summary())
+        return FaZILResult(self.loss(presented.output, y), presented.output, presented.trace,
+                           n_inference_steps=n_steps - 1, simulation="dense", detection_counts=tally.counts())
 
     def stream(
         self,
