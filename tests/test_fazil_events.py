@@ -111,9 +111,10 @@ def test_rnn_events_equal_dense(loss, bias, batch):
     assert same_as_dense(rnn(3, bias), loss, batch) == ["events", "events"]
 
 
-def test_long_rnn_takes_events_when_t_d_covers_the_presentation():
-    # L = 7: with t_d = 4 a neuron could fire again before the end (auto runs dense); t_d = 8 cannot
-    assert same_as_dense(rnn(6), "mse", 2) == ["dense", "dense"]
+def test_long_rnn_simulates_the_reflections_unless_t_d_covers_the_presentation():
+    # L = 7: with t_d = 4 a neuron could fire again before the end, so the region behind the
+    # front is simulated; with t_d = 8 it cannot, and the front alone runs
+    assert same_as_dense(rnn(6), "mse", 2) == ["events+reflections"] * 2
     assert same_as_dense(rnn(6), "mse", 2, t_d=8) == ["events", "events"]
 
 
@@ -123,16 +124,40 @@ def test_short_presentations_take_events():
     assert same_as_dense(mlp(sizes=sizes), "mse", 3, n_steps=2) == ["events", "events"]
 
 
-@pytest.mark.parametrize("options", [{"init_noise": 1e-3}, {"gamma": 0.9}, {"n_steps": 5}])
-def test_broken_conditions_run_dense(options):
-    assert same_as_dense(mlp(), "mse", 3, **options) == ["dense", "dense"]
+def test_a_noisy_start_runs_dense():
+    assert same_as_dense(mlp(), "mse", 3, init_noise=1e-3) == ["dense", "dense"]
 
 
-def test_silent_neurons_behind_the_front_fall_back_to_dense():
+def test_shared_parameters_written_at_once_run_dense():
+    assert same_as_dense(rnn(3), "mse", 2, shared_updates="immediate") == ["dense", "dense"]
+
+
+@pytest.mark.parametrize("options", [{"gamma": 0.9}, {"n_steps": 5}, {"n_steps": 7, "t_d": 2}])
+def test_reflections_are_simulated_where_they_may_fire(options):
+    # gamma != 1, or steps left after a level's front for it to fire again: the region behind
+    # the front is simulated as the dense simulation runs it (the levels ahead are skipped)
+    assert same_as_dense(mlp(), "mse", 3, **options) == ["events+reflections"] * 2
+
+
+@pytest.mark.parametrize("plasticity", ["immediate", "pooled"])
+def test_silent_neurons_behind_the_front_are_simulated(plasticity):
     # ReLU: dead units do not change at their front, keep their history and may fire on a
-    # reflection; the run-time check sends the call to the dense reference
-    assert same_as_dense(mlp("relu", sizes=(7, 6, 5, 6, 5, 4)), "mse", 32, t_d=5,
-                         batch_plasticity="immediate") == ["dense", "dense"]
+    # reflection (with immediate writes they do: test_fazil.py); the run-time check sends the
+    # call to the simulation of the reflections
+    ran = same_as_dense(mlp("relu", sizes=(7, 6, 5, 6, 5, 4)), "mse", 32, t_d=5, batch_plasticity=plasticity)
+    assert ran == ["events+reflections"] * 2
+
+
+def test_float32_late_firings_are_reproduced():
+    # float32's resolution (1.2e-4 relative) leaves neurons silent at their front, some of
+    # which fire on a reflection in the dense simulation: the same firings, the same weights
+    make = mlp(sizes=(30, 40, 40, 40, 5), dtype=torch.float32)
+    dense_net, dense = run(make, "dense", "mse", 16, 2, dtype=torch.float32)
+    event_net, events = run(make, "auto", "mse", 16, 2, dtype=torch.float32)
+    assert [r.simulation for r in events] == ["events+reflections"] * 2
+    assert all(torch.equal(a, b) for a, b in zip(event_net.parameters_list(), dense_net.parameters_list()))
+    assert all(torch.equal(a.detection_counts, b.detection_counts) for a, b in zip(events, dense))
+    assert sum(r.detection.harmless_miss for r in dense) > 0 and sum(r.detection.spurious for r in dense) > 0
 
 
 def test_trace_falls_back_to_dense_and_matches_it():

@@ -265,6 +265,23 @@ def detection_from_counts(success: list[int], missed: list[int], harmless: list[
     )
 
 
+def front_tally(fired_at_front, changed_at_front, fired_elsewhere, device) -> Tensor:
+    """DetectionTally.close_presentation's counts as a (4, L) tensor, with no host sync: per
+    level, phi and the change test at its front step (None: never reached) and phi ORed over
+    its other steps (None: never fired elsewhere)."""
+    rows = []
+    for fired, changed, elsewhere in zip(fired_at_front, changed_at_front, fired_elsewhere):
+        if fired is None:
+            rows.append(torch.zeros(4, dtype=torch.long, device=device))
+            continue
+        if elsewhere is None:
+            elsewhere = torch.zeros_like(fired)
+        clean = ~elsewhere
+        rows.append(torch.stack([(fired & clean).sum(), (~fired & changed & clean).sum(),
+                                 (~fired & ~changed & clean).sum(), elsewhere.sum()]))
+    return torch.stack(rows, dim=1)
+
+
 @dataclass
 class FaZILResult(StepResult):
     """Fa-Z-IL's step: loss (a 0-d tensor) and output before the update, the inference steps
@@ -407,31 +424,26 @@ class FullyAutonomousZIL(LearningRule):
 
         return gate
 
-    def _events_apply(self, net, levels, batch: int, trace: bool) -> bool:
-        """Whether "auto" may take the event path (module docstring); the run-time check follows."""
-        if trace or self.gamma != 1.0 or self.init_noise != 0:
-            return False
-        n_steps = self.n_steps or len(levels)
-        if n_steps > self.t_d:
-            return False
-        shares = net.shares_parameters(net.parameter_slots(levels))
-        return not (shares and self.shared_updates == "immediate")
-
     def _step(self, net, x, y, trace):
         if self.simulation == "events" and trace:
             raise BioPropError("simulation='events' records no trace; use simulation='dense' or 'auto' with trace=True")
-        if self.simulation != "dense":
-            levels = net.levels_for(x)
-            if self.simulation == "events" or self._events_apply(net, levels, x.shape[0], trace):
-                result = self._event_step(net, x, y, checked=self.simulation == "auto")
-                if result is not None:
-                    return result
+        if self.simulation == "events":
+            return self._front_step(net, x, y, net.forward_pass(x), checked=False)
+        if self.simulation == "auto" and not trace and self.init_noise == 0:
+            forward = net.forward_pass(x)
+            levels = forward.levels
+            shares = net.shares_parameters(net.parameter_slots(levels))
+            if not (shares and self.shared_updates == "immediate"):
+                if self.gamma == 1.0 and (self.n_steps or len(levels)) <= self.t_d:
+                    result = self._front_step(net, x, y, forward, checked=True)
+                    if result is not None:
+                        return result
+                return self._region_step(net, x, y, forward)
         return self._dense_step(net, x, y, trace)
 
-    def _event_step(self, net, x, y, checked: bool):
-        """The event simulation (module docstring); None when `checked` and a neuron that did
-        not change at its front could still fire (the caller then runs the dense reference)."""
-        forward = net.forward_pass(x)
+    def _front_step(self, net, x, y, forward, checked: bool):
+        """The front alone (module docstring); None when `checked` and a neuron that did not
+        change at its front could still fire (the caller then simulates the reflections too)."""
         levels = forward.levels
         n_levels = len(levels)
         n_steps = self.n_steps or n_levels
@@ -469,6 +481,89 @@ class FullyAutonomousZIL(LearningRule):
                               torch.stack(harmless), torch.zeros(n_levels, dtype=torch.long, device=output.device)])
         return FaZILResult(self.loss(output, y), output, None, n_inference_steps=n_steps - 1, simulation="events",
                            detection_counts=counts)
+
+    def _region_step(self, net, x, y, forward):
+        """The front and the region behind it, step by step as the dense simulation runs them
+        (the same operations on the same numbers); the levels ahead of the front are at rest
+        and not computed (module docstring)."""
+        levels, sides = forward.levels, forward.sides
+        n_levels = len(levels)
+        n_steps = self.n_steps or n_levels
+        output = forward.output
+        teacher = make_teacher(self.loss, y, output)
+        anchors = list(forward.preactivations)
+        if isinstance(teacher, ValueClamp):
+            anchors[-1] = teacher.target
+        offsets: list[Tensor | None] = [None] * n_levels  # None: still 0, ahead of the front
+        offsets[-1] = torch.zeros_like(anchors[-1])
+        plasticity = Plasticity(net, levels, self.lr / x.shape[0], self._write_schedule(net, levels, x.shape[0]))
+        tolerance, gamma = self._resolution(net), self.gamma
+        previous_error: list[Tensor | None] = [None] * n_levels
+        previous_prediction: list[Tensor | None] = [None] * n_levels
+        run: list[Tensor | None] = [None] * n_levels
+        fired_at_front: list[Tensor | None] = [None] * n_levels
+        changed_at_front: list[Tensor | None] = [None] * n_levels
+        fired_elsewhere: list[Tensor | None] = [None] * n_levels
+        for t in range(n_steps):
+            front = n_levels - 1 - t  # negative once the front has passed level 1
+            first = max(front, 0)  # the region: levels first .. L (0-based indices)
+            rates, contexts = list(forward.rates), list(forward.contexts)
+            for index in range(first, n_levels - 1):
+                if offsets[index] is not None:
+                    rates[index + 1], contexts[index] = levels[index].rate.forward(anchors[index] + offsets[index])
+            errors: list[Tensor | None] = [None] * n_levels
+            gates: list[Tensor | None] = [None] * n_levels
+            for index in range(first, n_levels):
+                if index == front:  # its input and weights have not moved: mu_l = z_l to the bit
+                    prediction = forward.preactivations[index]
+                else:
+                    prediction = levels[index].forward(rates[index], sides[index])
+                offset = offsets[index] if offsets[index] is not None else torch.zeros_like(anchors[index])
+                if index == n_levels - 1:
+                    error = teacher.output_error(anchors[index] + offset, prediction)
+                else:
+                    error = (anchors[index] - prediction) + offset
+                errors[index] = error
+                if previous_error[index] is None:  # the history at rest: eps = 0, mu = z_l, long still
+                    previous_error[index] = torch.zeros_like(error)
+                    previous_prediction[index] = forward.preactivations[index]
+                    run[index] = torch.full(error.shape, _LONG_AGO + t, dtype=torch.long, device=error.device)
+                resolution = tolerance * (1 + prediction.abs())
+                change = (error - previous_error[index]).abs() > resolution
+                from_feedback = (prediction - previous_prediction[index]).abs() <= resolution
+                phi = change & from_feedback & (run[index] >= self.t_d)
+                run[index] = torch.where(change, torch.ones_like(run[index]), run[index] + 1)
+                previous_error[index], previous_prediction[index] = error, prediction
+                if index == front:
+                    fired_at_front[index], changed_at_front[index] = phi, change
+                else:
+                    fired_elsewhere[index] = phi if fired_elsewhere[index] is None else fired_elsewhere[index] | phi
+                gates[index] = phi
+            # behind the front a level rarely fires: ask once per step which do (the dense
+            # simulation asks per level); the front's change is taken unasked (0 where silent)
+            behind = [index for index in range(first, n_levels) if index != front]
+            fires = torch.stack([gates[index].any() for index in behind]).tolist() if behind else []
+            for index, fired in zip(behind, fires):
+                if not fired:
+                    gates[index] = None
+            changes = [
+                None if gate is None else levels[index].parameter_vjp(gate.to(errors[index].dtype) * errors[index],
+                                                                      rates[index], sides[index])
+                for index, gate in enumerate(gates)
+            ]
+            if t < n_steps - 1:
+                new_offsets = list(offsets)
+                for index in range(max(first - 1, 0), n_levels - 1):
+                    feedback = levels[index + 1].input_vjp(errors[index + 1], rates[index + 1])
+                    offset = offsets[index] if offsets[index] is not None else torch.zeros_like(anchors[index])
+                    error = errors[index] if errors[index] is not None else torch.zeros_like(anchors[index])
+                    new_offsets[index] = offset + gamma * (-error + levels[index].rate.vjp(feedback, contexts[index]))
+                offsets = new_offsets
+            plasticity.add(changes)
+        plasticity.finish()
+        counts = front_tally(fired_at_front, changed_at_front, fired_elsewhere, output.device)
+        return FaZILResult(self.loss(output, y), output, None, n_inference_steps=n_steps - 1,
+                           simulation="events+reflections", detection_counts=counts)
 
     def _dense_step(self, net, x, y, trace):
         levels = net.levels_for(x)
