@@ -107,6 +107,7 @@ import torch
 
 from ..errors import BioPropError
 from ..network import Network
+from ..sweeps import pool
 from .base import LearningRule, StepResult, check_batch, check_int, check_positive
 from .predictive_coding import (
     FreeOutput,
@@ -428,20 +429,21 @@ class FullyAutonomousZIL(LearningRule):
         if self.simulation == "events" and trace:
             raise BioPropError("simulation='events' records no trace; use simulation='dense' or 'auto' with trace=True")
         if self.simulation == "events":
-            return self._front_step(net, x, y, net.forward_pass(x), checked=False)
+            forward = net.forward_pass(x)
+            return self._front_step(net, x, y, forward, checked=False, slots=net.parameter_slots(forward.levels))
         if self.simulation == "auto" and not trace and self.init_noise == 0:
             forward = net.forward_pass(x)
             levels = forward.levels
-            shares = net.shares_parameters(net.parameter_slots(levels))
-            if not (shares and self.shared_updates == "immediate"):
+            slots = net.parameter_slots(levels)
+            if not (net.shares_parameters(slots) and self.shared_updates == "immediate"):
                 if self.gamma == 1.0 and (self.n_steps or len(levels)) <= self.t_d:
-                    result = self._front_step(net, x, y, forward, checked=True)
+                    result = self._front_step(net, x, y, forward, checked=True, slots=slots)
                     if result is not None:
                         return result
                 return self._region_step(net, x, y, forward)
         return self._dense_step(net, x, y, trace)
 
-    def _front_step(self, net, x, y, forward, checked: bool):
+    def _front_step(self, net, x, y, forward, checked: bool, slots):
         """The front alone (module docstring); None when `checked` and a neuron that did not
         change at its front could still fire (the caller then simulates the reflections too)."""
         levels = forward.levels
@@ -459,28 +461,49 @@ class FullyAutonomousZIL(LearningRule):
             prediction = forward.preactivations[index]  # still z_l at the front, to the bit
             fired = error.abs() > tolerance * (1 + prediction.abs())  # phi: changed, from feedback, at rest long
             fired_at_front[index] = fired
-            change = level.parameter_vjp(fired.to(error.dtype) * error, forward.rates[index], forward.sides[index])
+            change = level.parameter_vjp(error * fired, forward.rates[index], forward.sides[index])  # phi * eps_l
             per_step.append([change if i == index else None for i in range(n_levels)])
             if index > 0 and t < n_steps - 1:  # the feedback reaches level L - t - 1 at t + 1
                 feedback = level.input_vjp(error, forward.rates[index])
                 error = levels[index - 1].rate.vjp(feedback, forward.contexts[index - 1])
+        # per level (output last): neurons that fired at the front, and the silent ones (harmless
+        # misses: their delta is below the resolution); 0 on levels the front did not reach
+        first_reached = n_levels - min(n_steps, n_levels)
+        success = torch.stack([fired_at_front[index].sum() for index in range(first_reached, n_levels)])
+        sizes = [fired_at_front[index].numel() for index in range(first_reached, n_levels)]
+        silent = torch.tensor(sizes, device=success.device) - success
+        if first_reached:
+            unreached = torch.zeros(first_reached, dtype=torch.long, device=success.device)
+            success, silent = torch.cat([unreached, success]), torch.cat([unreached, silent])
         if checked:
-            # levels with steps left after their front: a neuron silent there keeps its long history
-            late = [fired_at_front[index] for index in range(n_levels)
-                    if fired_at_front[index] is not None and n_levels - 1 - index < n_steps - 1]
-            if late and bool(torch.stack([(~fired).any() for fired in late]).any()):
+            # levels with steps left after their front (index > L - n_steps): a neuron silent
+            # there keeps its long history and could fire on a reflection
+            late = silent[max(n_levels - n_steps + 1, 0):]
+            if late.numel() and bool(late.any()):
                 return None
-        plasticity = Plasticity(net, levels, self.lr / x.shape[0], self._write_schedule(net, levels, x.shape[0]))
+        # the writes of Plasticity.add / finish, in the same order, with the slots looked up once
+        readers = [0] * len(net.parameters_list())
+        for level_slots in slots:
+            for slot in set(level_slots):
+                readers[slot] += 1
+        unshared_at_once = not self._pooled(x.shape[0], any(count > 1 for count in readers))
+        at_once = [(self.shared_updates == "immediate") if count > 1 else unshared_at_once for count in readers]
+        parameters, scale = net.parameters_list(), self.lr / x.shape[0]
+        pending: list[Tensor | None] = [None] * len(parameters)
         for changes in per_step:
-            plasticity.add(changes)
-        plasticity.finish()
-        zero = torch.zeros((), dtype=torch.long, device=output.device)
-        success = [zero if fired is None else fired.sum() for fired in fired_at_front]
-        harmless = [zero if fired is None else (~fired).sum() for fired in fired_at_front]
-        counts = torch.stack([torch.stack(success), torch.zeros(n_levels, dtype=torch.long, device=output.device),
-                              torch.stack(harmless), torch.zeros(n_levels, dtype=torch.long, device=output.device)])
+            for slot, total in enumerate(pool(net, levels, changes, slots)):
+                if total is None:
+                    continue
+                if at_once[slot]:
+                    parameters[slot].data.add_(scale * total)
+                else:
+                    pending[slot] = total if pending[slot] is None else pending[slot] + total
+        for parameter, total in zip(parameters, pending):
+            if total is not None:
+                parameter.data.add_(scale * total)
+        nothing = torch.zeros_like(success)  # no miss, no firing elsewhere
         return FaZILResult(self.loss(output, y), output, None, n_inference_steps=n_steps - 1, simulation="events",
-                           detection_counts=counts)
+                           detection_counts=torch.stack([success, nothing, silent, nothing]))
 
     def _region_step(self, net, x, y, forward):
         """The front and the region behind it, step by step as the dense simulation runs them
