@@ -63,13 +63,14 @@ that does not settle within max_prediction_steps breaks C1 for that pair: the re
 
 How step() is simulated (option `simulation`). "dense" is the reference: every node of every
 level at every one of the n_steps steps, phi run on all of them (`predictive_coding.simulate`).
-"events" (the default through "auto" when its conditions hold) simulates only what can reach
-an output of the call (the weights, the loss, phi's firings and the detection counts):
+"events" simulates only what can reach an output of the call (the weights, the loss, phi's
+firings and the detection counts); "auto" (the default) picks it where it is exact (below):
 
-- Ahead of the front (level L-k at t < k): nothing is computed. Under C1 and C3 its error is 0
+- Ahead of the front (level L-k at t < k): nothing is computed. Under C1 its error is 0
   to the bit, its prediction is z_l to the bit and its value node does not move (its inputs, the
   error above and the rates below, have not changed: Lemma A3's induction, run on the floats:
-  W^T 0 = 0, f'(z) * 0 = 0, 0 + 1 * (-0 + 0) = 0), so phi's change test is false and its run
+  W^T 0 = 0, f'(z) * 0 = 0, 0 + gamma * (-0 + 0) = 0, for finite weights; its own weights move
+  only when it fires), so phi's change test is false and its run
   only grows: no firing, nothing to tally but "no change".
 - The front (level L-k at t = k): computed exactly as the dense simulation does: its error is
   the feedback that arrived, eps_l(k) = G_l^T [A_{l+1}^T eps_{l+1}(k-1)] (the dense 0 + 1 * (-0 + v)
@@ -78,26 +79,35 @@ an output of the call (the weights, the loss, phi's firings and the detection co
   change is parameter_vjp(phi * eps_l, r_{l-1}, u_l): one forward, one sweep down, one outer
   product per level, one elementwise test on the front level (Z-IL's front plus phi).
 - Behind the front (t > k): the reflections (value nodes still moving, predictions moved by the
-  rates below, weights written at once) are not computed. They can only reach an output through
-  a later firing of level l, which needs a change after t_d unchanged steps. A neuron that
-  changed at its front step k has a run of 1 at k + 1 and can fire at the earliest at k + t_d,
-  after the presentation when n_steps <= t_d. A neuron that did not change at its front (its
-  delta below the resolution: a "harmless miss") still has its long history and could fire on
-  a reflection; the dense simulation shows this happens in float32 (tens of post-front firings
-  a step on 784-256-256-256-10). So the event simulation checks, once per call (one host sync),
-  that no such neuron exists on a level with steps left after its front; if one does, the call
-  runs the dense simulation from the start instead (nothing has been written yet: the event
-  path collects its changes and writes them, in the dense order, after the check). Deferring
-  a write meant for "at once" changes nothing: the written parameters are read after that step
-  only by the post-front region, which cannot fire.
+  rates below, weights written at once) can only reach an output through a later firing of a
+  level already passed, which needs a change after t_d unchanged steps. A neuron that changed at
+  its front step k has a run of 1 at k + 1 and can fire at the earliest at k + t_d: after the
+  presentation when n_steps <= t_d. A neuron that did not change at its front (its delta below
+  the resolution: a "harmless miss") keeps its long history and can fire on a reflection: the
+  dense simulation does so in float32 (a few firings a step on 784-256-256-256-10, whose
+  resolution is 1.2e-4 relative) and with ReLU dead units. So the front alone runs when
+  gamma = 1, n_steps <= t_d and, checked once per call after the front (one host sync), no
+  level with steps left after its front has a silent neuron. Nothing is written before that
+  check: the front's changes are collected and written afterwards in the dense order; deferring
+  a write meant for "at once" changes nothing, since a parameter read by one level is read
+  after that level's front only by the region behind the front, which then cannot fire.
+- Otherwise ("events+reflections") the region behind the front is simulated step by step with
+  the dense simulation's operations on the same numbers (phi's history, previous error and
+  prediction and run length, kept only for the levels the front has reached: the levels ahead
+  are still at rest and are neither computed nor updated), so its firings are the dense ones
+  (for L = 4 it computes 10 of the dense simulation's 16 level-steps; in float32 this is the
+  usual case, so the float32 saving is about a third of the dense cost, not Z-IL's cost).
+  It needs C1 only (any gamma, n_steps, t_d).
 
-So "auto" takes the events path when gamma = 1, init_noise = 0, no trace is asked for,
-n_steps <= t_d, and no parameter shared by several levels is written at once; it falls back to
-the dense reference otherwise, and at run time when the check above fails (result.simulation
-says which ran). simulation="events" forces the event path with neither check: under broken
-conditions (init_noise > 0, which it then ignores; harmless neurons) it differs from the dense
-reference: the negative control of tests/test_fazil_events.py. stream() always runs the dense
-dynamics (its history is real: a prediction phase that is not bit-for-bit still).
+So "auto" (the default) runs the dense reference when init_noise > 0 (C1 broken), when a trace
+is asked for, or when a parameter shared by several levels is written at once (a shared
+parameter then moves the predictions ahead of the front); otherwise the events path as above
+(result.simulation: "events", "events+reflections" or "dense"). simulation="events" forces the
+front alone with neither check: where its argument does not hold (init_noise > 0, which it then
+ignores; neurons that fire late) it differs from the dense reference, the negative control of
+tests/test_fazil_events.py. The step's loss and detection counts are tensors (no host sync
+for them; `result.detection` converts). stream() always runs the dense dynamics (its history
+is real: a prediction phase that is not bit-for-bit still, so no level is exactly at rest).
 """
 from __future__ import annotations
 
