@@ -533,7 +533,7 @@ class FullyAutonomousZIL(LearningRule):
         tolerance, gamma = self._resolution(net), self.gamma
         previous_error: list[Tensor | None] = [None] * n_levels
         previous_prediction: list[Tensor | None] = [None] * n_levels
-        run: list[Tensor | None] = [None] * n_levels
+        last_change: list[Tensor | None] = [None] * n_levels  # the step of each neuron's last change
         fired_at_front: list[Tensor | None] = [None] * n_levels
         changed_at_front: list[Tensor | None] = [None] * n_levels
         fired_elsewhere: list[Tensor | None] = [None] * n_levels
@@ -560,12 +560,13 @@ class FullyAutonomousZIL(LearningRule):
                 if previous_error[index] is None:  # the history at rest: eps = 0, mu = z_l, long still
                     previous_error[index] = torch.zeros_like(error)
                     previous_prediction[index] = forward.preactivations[index]
-                    run[index] = torch.full(error.shape, _LONG_AGO + t, dtype=torch.long, device=error.device)
+                    last_change[index] = torch.full(error.shape, -_LONG_AGO, dtype=torch.long, device=error.device)
                 resolution = tolerance * (1 + prediction.abs())
                 change = (error - previous_error[index]).abs() > resolution
                 from_feedback = (prediction - previous_prediction[index]).abs() <= resolution
-                phi = change & from_feedback & (run[index] >= self.t_d)
-                run[index] = torch.where(change, torch.ones_like(run[index]), run[index] + 1)
+                # the run of equal values ending at t - 1 is t - (step of the last change): ChangeDetector's run
+                phi = change & from_feedback & (t - last_change[index] >= self.t_d)
+                last_change[index] = torch.where(change, t, last_change[index])
                 previous_error[index], previous_prediction[index] = error, prediction
                 if index == front:
                     fired_at_front[index], changed_at_front[index] = phi, change
