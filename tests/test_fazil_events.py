@@ -79,7 +79,9 @@ def same_as_dense(make, loss, batch, simulation="auto", steps=2, **options):
         assert torch.equal(a, b)
     for mine, reference in zip(events, dense):
         assert reference.simulation == "dense"
-        assert torch.equal(mine.loss, reference.loss) and mine.loss.dim() == 0
+        assert float(mine.loss) == reference.loss
+        if mine.simulation != "dense":  # the events paths do not sync for the loss
+            assert isinstance(mine.loss, torch.Tensor) and mine.loss.dim() == 0
         assert torch.equal(mine.output, reference.output)
         assert torch.equal(mine.detection_counts, reference.detection_counts)
         assert mine.detection == reference.detection and mine.n_inference_steps == reference.n_inference_steps
