@@ -387,6 +387,7 @@ class FullyAutonomousZIL(LearningRule):
         self.shared_updates = check_shared_updates(shared_updates)
         self.seed = seed
         self._noise = torch.Generator().manual_seed(seed)
+        self._reflections_needed = False  # whether the last auto step needed the region behind the front
 
     def _pooled(self, batch: int, shares_parameters: bool) -> bool:
         """Whether changes to parameters read by one level wait for the presentation's end (in a
@@ -447,11 +448,15 @@ class FullyAutonomousZIL(LearningRule):
             levels = forward.levels
             slots = net.parameter_slots(levels)
             if not (net.shares_parameters(slots) and self.shared_updates == "immediate"):
-                if self.gamma == 1.0 and (self.n_steps or len(levels)) <= self.t_d:
+                # the front alone when it may be exact; after a call that needed the reflections,
+                # go to them directly (both give the dense result: this only saves the front's work)
+                if self.gamma == 1.0 and (self.n_steps or len(levels)) <= self.t_d and not self._reflections_needed:
                     result = self._front_step(net, x, y, forward, checked=True, slots=slots)
                     if result is not None:
                         return result
-                return self._region_step(net, x, y, forward)
+                result = self._region_step(net, x, y, forward)
+                self._reflections_needed = bool(result.detection_counts[2].any()) if self._reflections_needed else True
+                return result
         return self._dense_step(net, x, y, trace)
 
     def _front_step(self, net, x, y, forward, checked: bool, slots):
