@@ -97,7 +97,9 @@ firings and the detection counts); "auto" (the default) picks it where it is exa
   are still at rest and are neither computed nor updated), so its firings are the dense ones
   (for L = 4 it computes 10 of the dense simulation's 16 level-steps; in float32 this is the
   usual case, so the float32 saving is about a third of the dense cost, not Z-IL's cost).
-  It needs C1 only (any gamma, n_steps, t_d).
+  It needs C1 only (any gamma, n_steps, t_d). A level with no silent neuron at its front and
+  fewer than t_d steps left after it cannot fire again (the run argument above): its gate and
+  history are no longer computed, only the errors it feeds back.
 
 So "auto" (the default) runs the dense reference when init_noise > 0 (C1 broken), when a trace
 is asked for, or when a parameter shared by several levels is written at once (a shared
@@ -543,6 +545,7 @@ class FullyAutonomousZIL(LearningRule):
         fired_at_front: list[Tensor | None] = [None] * n_levels
         changed_at_front: list[Tensor | None] = [None] * n_levels
         fired_elsewhere: list[Tensor | None] = [None] * n_levels
+        quiet: set[int] = set()  # levels none of whose neurons can fire before the presentation ends
         for t in range(n_steps):
             front = n_levels - 1 - t  # negative once the front has passed level 1
             first = max(front, 0)  # the region: levels first .. L (0-based indices)
@@ -563,6 +566,8 @@ class FullyAutonomousZIL(LearningRule):
                 else:
                     error = (anchors[index] - prediction) + offset
                 errors[index] = error
+                if index in quiet:
+                    continue
                 if previous_error[index] is None:  # the history at rest: eps = 0, mu = z_l, long still
                     previous_error[index] = torch.zeros_like(error)
                     previous_prediction[index] = forward.preactivations[index]
@@ -581,11 +586,18 @@ class FullyAutonomousZIL(LearningRule):
                 gates[index] = phi
             # behind the front a level rarely fires: ask once per step which do (the dense
             # simulation asks per level); the front's change is taken unasked (0 where silent)
-            behind = [index for index in range(first, n_levels) if index != front]
-            fires = torch.stack([gates[index].any() for index in behind]).tolist() if behind else []
-            for index, fired in zip(behind, fires):
+            # and whether the front level has a silent neuron: if not, and t + t_d > n_steps - 1,
+            # none of its neurons can fire again (each changed now), and its gate is no longer run
+            behind = [index for index in range(first, n_levels) if index != front and index not in quiet]
+            asked = [gates[index].any() for index in behind]
+            if front >= 0:
+                asked.append((~changed_at_front[front]).any())
+            answers = torch.stack(asked).tolist() if asked else []
+            for index, fired in zip(behind, answers):
                 if not fired:
                     gates[index] = None
+            if front >= 0 and not answers[-1] and t + self.t_d > n_steps - 1:
+                quiet.add(front)
             changes = [
                 None if gate is None else levels[index].parameter_vjp(gate.to(errors[index].dtype) * errors[index],
                                                                       rates[index], sides[index])
