@@ -576,8 +576,8 @@ class FullyAutonomousZIL(LearningRule):
                 change = (error - previous_error[index]).abs() > resolution
                 from_feedback = (prediction - previous_prediction[index]).abs() <= resolution
                 # the run of equal values ending at t - 1 is t - (step of the last change): ChangeDetector's run
-                phi = change & from_feedback & (t - last_change[index] >= self.t_d)
-                last_change[index] = torch.where(change, t, last_change[index])
+                phi = change & from_feedback & (last_change[index] <= t - self.t_d)
+                last_change[index].masked_fill_(change, t)
                 previous_error[index], previous_prediction[index] = error, prediction
                 if index == front:
                     fired_at_front[index], changed_at_front[index] = phi, change
@@ -599,8 +599,7 @@ class FullyAutonomousZIL(LearningRule):
             if front >= 0 and not answers[-1] and t + self.t_d > n_steps - 1:
                 quiet.add(front)
             changes = [
-                None if gate is None else levels[index].parameter_vjp(gate.to(errors[index].dtype) * errors[index],
-                                                                      rates[index], sides[index])
+                None if gate is None else levels[index].parameter_vjp(errors[index] * gate, rates[index], sides[index])
                 for index, gate in enumerate(gates)
             ]
             if t < n_steps - 1:
@@ -609,7 +608,9 @@ class FullyAutonomousZIL(LearningRule):
                     feedback = levels[index + 1].input_vjp(errors[index + 1], rates[index + 1])
                     offset = offsets[index] if offsets[index] is not None else torch.zeros_like(anchors[index])
                     error = errors[index] if errors[index] is not None else torch.zeros_like(anchors[index])
-                    new_offsets[index] = offset + gamma * (-error + levels[index].rate.vjp(feedback, contexts[index]))
+                    # the dense offset + gamma * (-eps + v); v - eps is -eps + v to the bit, 1.0 * u is u
+                    step = levels[index].rate.vjp(feedback, contexts[index]) - error
+                    new_offsets[index] = offset + (step if gamma == 1.0 else gamma * step)
                 offsets = new_offsets
             plasticity.add(changes)
         plasticity.finish()
