@@ -22,6 +22,10 @@ class Activation:
     name: str
     f: Callable[[Tensor], Tensor]
     derivative: Callable[[Tensor], Tensor]
+    #: grad * f'(z) computed from the output r = f(z) (tanh, sigmoid, relu: f' is a function of f),
+    #: the same operations as derivative(z) * grad without evaluating f again; None: the rules use
+    #: derivative(z) * grad
+    backward_from_output: Callable[[Tensor, Tensor], Tensor] | None = None
 
     def __call__(self, z: Tensor) -> Tensor:
         return self.f(z)
@@ -50,9 +54,12 @@ def _leaky_relu_derivative(z: Tensor) -> Tensor:
 
 
 _REGISTRY: dict[str, Activation] = {
-    "sigmoid": Activation("sigmoid", torch.sigmoid, _sigmoid_derivative),
-    "tanh": Activation("tanh", torch.tanh, _tanh_derivative),
-    "relu": Activation("relu", torch.relu, _relu_derivative),
+    # (elementwise operations exact per entry, so a result does not depend on the tensor's memory
+    # layout, as a fused kernel's vectorised and scalar paths may)
+    "sigmoid": Activation("sigmoid", torch.sigmoid, _sigmoid_derivative, lambda grad, out: out * (1 - out) * grad),
+    "tanh": Activation("tanh", torch.tanh, _tanh_derivative, lambda grad, out: (1 - out * out) * grad),
+    "relu": Activation("relu", torch.relu, _relu_derivative,  # out > 0 exactly where z > 0
+                       lambda grad, out: (out > 0).to(out.dtype) * grad),
     "leaky_relu": Activation("leaky_relu", _leaky_relu, _leaky_relu_derivative),
     "linear": Activation("linear", lambda z: z, torch.ones_like),
 }

@@ -53,10 +53,10 @@ def is_prechecked() -> bool:
 def check_data(x: Tensor, y: Tensor, n_out: int) -> None:
     """The value checks of `check_targets`, once for a whole data set: x finite, y finite
     targets or integer labels in [0, n_out). Raises BioPropError naming the input and the fix."""
-    if x.dtype.is_floating_point and not bool(torch.isfinite(x).all()):
+    if x.dtype.is_floating_point and not all_finite(x):
         raise BioPropError("x: contains NaN or infinite values; clean the input data")
     if y.dtype.is_floating_point:
-        if not bool(torch.isfinite(y).all()):
+        if not all_finite(y):
             raise BioPropError("y: contains NaN or infinite values; clean the targets")
     elif y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_out):
         raise BioPropError(f"y: integer labels must lie in [0, {n_out}), got range [{int(y.min())}, {int(y.max())}]")
@@ -135,8 +135,16 @@ def check_targets(x: Tensor, y, n_out: int, network: str, dtype: torch.dtype,
     y = y.to(dtype=dtype, device=device)
     if not checking:
         return x, y
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise BioPropError("x: contains NaN or infinite values; clean the input data")
-    if not torch.isfinite(y).all():
+    if not all_finite(y):
         raise BioPropError("y: contains NaN or infinite values; clean the targets")
     return x, y
+
+
+def all_finite(tensor: Tensor) -> bool:
+    """Every entry finite: one min/max pass (NaN propagates into both, an infinity is one of them)
+    instead of a boolean tensor of the batch's size; one host sync."""
+    if tensor.numel() == 0:
+        return True
+    return bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all())

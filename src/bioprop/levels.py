@@ -58,12 +58,19 @@ class RateOp:
 
 @dataclass(frozen=True)
 class ActivationOp(RateOp):
+    """An elementwise activation; its forward keeps its output r = f(z), from which tanh, sigmoid
+    and relu form f'(z) * grad without evaluating f again (`Activation.backward_from_output`);
+    other activations use f'(z) * grad."""
+
     activation: Activation
 
     def forward(self, z):
-        return self.activation(z), None
+        out = self.activation(z)
+        return out, out
 
     def vjp(self, grad, z, saved, derivative: Callable[[Tensor], Tensor] | None = None):
+        if derivative is None and saved is not None and self.activation.backward_from_output is not None:
+            return self.activation.backward_from_output(grad, saved)
         return (derivative or self.activation.derivative)(z) * grad
 
 

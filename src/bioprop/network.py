@@ -227,12 +227,12 @@ class MLP(Network):
     @property
     def weights(self) -> list[Tensor]:
         """W_1 .. W_L, each of shape (n_l, n_{l-1})."""
-        return list(self._weights)
+        return _members(self._weights)
 
     @property
     def biases(self) -> list[Tensor] | None:
         """b_1 .. b_L, or None for a network without biases."""
-        return list(self._biases) if self._biases is not None else None
+        return _members(self._biases) if self._biases is not None else None
 
     @property
     def n_layers(self) -> int:
@@ -266,9 +266,9 @@ class MLP(Network):
         """Its layers as levels: Linear W_l, b_l with rate f below the top, identity at it."""
         hidden = RateFunction([ActivationOp(self.activation)])
         top = RateFunction()
-        biases = list(self._biases) if self._biases is not None else [None] * self.n_layers
+        biases = _members(self._biases) if self._biases is not None else [None] * self.n_layers
         last = self.n_layers - 1
-        return [LinearLevel(w, b, top if l == last else hidden) for l, (w, b) in enumerate(zip(self._weights, biases))]
+        return [LinearLevel(w, b, top if l == last else hidden) for l, (w, b) in enumerate(zip(_members(self._weights), biases))]
 
     def input_rates(self, x: Tensor) -> Tensor:
         """h_0: the input as seen by the first layer."""
@@ -301,6 +301,12 @@ class MLP(Network):
             "bias": self.has_bias,
             "input_map": self.input_map,
         }
+
+
+def _members(parameters: nn.ParameterList) -> list[Tensor]:
+    """A ParameterList's tensors in order. Iterating the list itself goes through its string-index
+    __getitem__ per entry, which cost a tenth of a small net's training step."""
+    return list(parameters._parameters.values())
 
 
 def _xavier_gain(activation: str) -> float:
