@@ -152,15 +152,17 @@ def test_rnn_relu_with_bias_and_tanh_without(rule_name, options):
 
 
 @pytest.mark.parametrize("make", [lambda: make_wrapped("conv2d-dilated"), lambda: make_rnn(6)], ids=["conv", "rnn"])
-def test_full_dynamics_equals_the_front_bit_for_bit(make):
-    # value nodes held as anchor + offset: at t = k the error node is the arrived feedback itself
+def test_full_dynamics_equals_the_front_to_round_off(make):
+    # value nodes held as anchor + offset: at t = k the error node is the arrived feedback itself.
+    # To round-off, not bit for bit: the activations' backward is autograd's fused kernel, whose
+    # vectorised and scalar paths may round the last bit of an entry differently by memory layout
     front, input_shape = make()
     full = front.clone()
     x, y = batch_for(front, input_shape, "ce", 4)
     for _ in range(3):
         bioprop.make_rule("zil", lr=LR, loss="ce").step(front, x, y)
         bioprop.make_rule("zil", lr=LR, loss="ce", dynamics="full").step(full, x, y)
-    assert all(torch.equal(a, b) for a, b in zip(front.parameters_list(), full.parameters_list()))
+    assert max(relative_difference(a, b) for a, b in zip(front.parameters_list(), full.parameters_list())) <= 1e-14
 
 
 def test_shared_updates_do_not_matter_without_shared_parameters():

@@ -22,9 +22,8 @@ class Activation:
     name: str
     f: Callable[[Tensor], Tensor]
     derivative: Callable[[Tensor], Tensor]
-    #: grad * f'(z) computed from the output r = f(z) (tanh, sigmoid, relu: f' is a function of f),
-    #: the same operations as derivative(z) * grad without evaluating f again; None: the rules use
-    #: derivative(z) * grad
+    #: grad * f'(z) computed from the output r = f(z) (tanh, sigmoid, relu: f' is a function of f) by
+    #: autograd's backward kernel, without evaluating f again; None: the rules use derivative(z) * grad
     backward_from_output: Callable[[Tensor, Tensor], Tensor] | None = None
 
     def __call__(self, z: Tensor) -> Tensor:
@@ -54,12 +53,13 @@ def _leaky_relu_derivative(z: Tensor) -> Tensor:
 
 
 _REGISTRY: dict[str, Activation] = {
-    # (elementwise operations exact per entry, so a result does not depend on the tensor's memory
-    # layout, as a fused kernel's vectorised and scalar paths may)
-    "sigmoid": Activation("sigmoid", torch.sigmoid, _sigmoid_derivative, lambda grad, out: out * (1 - out) * grad),
-    "tanh": Activation("tanh", torch.tanh, _tanh_derivative, lambda grad, out: (1 - out * out) * grad),
+    # autograd's own backward kernels: one pass over the tensor (their vectorised and scalar paths may
+    # round the last bit differently, so results agree with derivative(z) * grad to round-off)
+    "sigmoid": Activation("sigmoid", torch.sigmoid, _sigmoid_derivative,
+                          lambda grad, out: torch.ops.aten.sigmoid_backward(grad, out)),
+    "tanh": Activation("tanh", torch.tanh, _tanh_derivative, lambda grad, out: torch.ops.aten.tanh_backward(grad, out)),
     "relu": Activation("relu", torch.relu, _relu_derivative,  # out > 0 exactly where z > 0
-                       lambda grad, out: (out > 0).to(out.dtype) * grad),
+                       lambda grad, out: torch.ops.aten.threshold_backward(grad, out, 0)),
     "leaky_relu": Activation("leaky_relu", _leaky_relu, _leaky_relu_derivative),
     "linear": Activation("linear", lambda z: z, torch.ones_like),
 }

@@ -59,8 +59,8 @@ class RateOp:
 @dataclass(frozen=True)
 class ActivationOp(RateOp):
     """An elementwise activation; its forward keeps its output r = f(z), from which tanh, sigmoid
-    and relu form f'(z) * grad without evaluating f again (`Activation.backward_from_output`);
-    other activations use f'(z) * grad."""
+    and relu form f'(z) * grad with autograd's own backward kernel, without evaluating f again
+    (`Activation.backward_from_output`); other activations use f'(z) * grad."""
 
     activation: Activation
 
