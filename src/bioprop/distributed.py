@@ -169,7 +169,9 @@ class Cluster:
         parameters = list(net.parameters_list())
         before = [t.detach().clone() for t in parameters + list(rule.plastic_tensors())]
         weight = current.size / current.total
-        figures = torch.zeros(2, dtype=torch.float64, device=x.device)
+        # one buffer in the parameters' dtype (a float32 net sends float32); the loss and the correct
+        # count ride along (counts are exact in float32 up to 2^24 per batch)
+        figures = torch.zeros(2, dtype=parameters[0].dtype, device=x.device)
         result = None
         if current.size:
             with _holding(current):
