@@ -135,3 +135,19 @@ def test_a_failing_rank_ends_the_whole_run_with_an_error(tmp_path):
     assert failed.returncode != 0
     assert "rank 1 cannot build this model" in failed.stdout + failed.stderr
     assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_batches_that_leave_a_process_without_rows_are_refused():
+    # every rank computes the same verdict from the sizes alone, so all refuse and none hangs
+    from bioprop.distributed import Cluster
+    from bioprop.train import TrainConfig, _check_shards
+
+    _check_shards(TrainConfig(rule="bp", batch_size=64), 1347, 2)  # last batch of 3 rows: fine
+    with pytest.raises(bioprop.BioPropError, match="batch of 1 rows"):
+        _check_shards(TrainConfig(rule="bp", batch_size=1), 1347, 2)
+    with pytest.raises(bioprop.BioPropError, match="last batch of 1"):
+        _check_shards(TrainConfig(rule="bp", batch_size=2), 1347, 2)
+    cluster = Cluster(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
+    net = make_net("mlp")
+    with pytest.raises(bioprop.BioPropError, match="without rows"):
+        cluster.step(bioprop.make_rule("bp"), net, torch.randn(1, 12, dtype=torch.float64), torch.tensor([0]))

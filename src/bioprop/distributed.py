@@ -163,6 +163,9 @@ class Cluster:
         """One data-parallel step of `rule` on the global batch (x, y): see the module docstring.
         The batch loss and the count of correct outputs are reduced in the same all-reduce, so
         every rank sees the global batch's figures (and takes the same decisions on them)."""
+        if x.shape[0] < self.world_size:  # every rank sees the same size: all raise, none hangs
+            raise BioPropError(f"data-parallel step: a batch of {x.shape[0]} rows for {self.world_size} processes leaves "
+                               "a process without rows; give every batch at least one row per process")
         current = self.shard_of(x.shape[0])
         rows = slice(current.start, current.start + current.size)
         rule.prepare(net, x[rows] if current.size else x[:1])  # lazily drawn state exists before the snapshot
@@ -191,7 +194,7 @@ class Cluster:
                 count = start.numel()
                 tensor.copy_(start + changes[offset:offset + count].view_as(start).to(start.dtype))
                 offset += count
-        return DataParallelStep(result, current, changes[-2], changes[-1])
+        return DataParallelStep(result, current, changes[-2].to(torch.float64), changes[-1])
 
 
 @dataclass

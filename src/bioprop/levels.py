@@ -261,6 +261,8 @@ class LinearLevel(Level):
         return grad_z @ feedback.T  # B of W^T's shape: the delta's feedback is B delta
 
     def parameter_vjp(self, grad_z, r, side=None):
+        if grad_z.dim() > 2:  # nn.Linear maps the last dimension: leading ones are summed over
+            grad_z, r = grad_z.reshape(-1, grad_z.shape[-1]), r.reshape(-1, r.shape[-1])
         changes = [grad_z.T @ r]
         if self.bias is not None:
             changes.append(grad_z.sum(dim=0))

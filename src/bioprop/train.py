@@ -593,6 +593,18 @@ def _check_fits_data(config: TrainConfig, dataset) -> None:
         )
 
 
+def _check_shards(config: TrainConfig, n_train: int, processes: int) -> None:
+    """Data-parallel: every batch, the epoch's last partial one too, gives each process a row."""
+    last = n_train % config.batch_size
+    if config.batch_size < processes or 0 < last < processes:
+        smallest = config.batch_size if config.batch_size < processes else last
+        raise BioPropError(
+            f"--batch-size {config.batch_size} with {processes} processes: a batch of {smallest} rows (the training set "
+            f"of {n_train} leaves a last batch of {last}) would leave a process without rows; choose a batch size of "
+            f"at least {processes} whose remainder on {n_train} samples is 0 or at least {processes}"
+        )
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -788,6 +800,8 @@ def _train(given: dict[str, Any], fields: dict[str, Any], options: dict[str, Any
     dataset = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
     say(f"data: {dataset.describe_source()}")
     _check_fits_data(config, dataset)
+    if cluster is not None:
+        _check_shards(config, int(dataset.train_y.shape[0]), cluster.world_size)
     device = resolve_device(config.device) if cluster is None else cluster.device
     dtype = DTYPES[config.dtype]
     image_shape = _image_shape(config, dataset)

@@ -36,7 +36,9 @@ class _LevelPlan:
 
 def _flatten(module: nn.Sequential, prefix: str = "") -> list[tuple[str, nn.Module]]:
     entries = []
-    for name, child in module.named_children():
+    # _modules, not named_children(): a module used twice (one nn.ReLU() object at several
+    # places) is listed at every place it runs, as Sequential.forward runs it
+    for name, child in module._modules.items():
         if isinstance(child, nn.Sequential):
             entries.extend(_flatten(child, f"{prefix}{name}."))
         else:
@@ -59,9 +61,16 @@ class WrappedNetwork(Network):
         entries = _flatten(module)
         input_ops: list[RateOp] = []
         plans: list[_LevelPlan] = []
+        seen_parameterised: dict[int, str] = {}
         for index, (name, child) in enumerate(entries):
             where = f"model[{name}] ({type(child).__name__}, entry {index})"
+            if isinstance(child, _PARAMETERISED) and id(child) in seen_parameterised:
+                raise BioPropError(
+                    f"{where}: the same {type(child).__name__} object also stands at model[{seen_parameterised[id(child)]}]; "
+                    "weights shared between layers of a Sequential are not supported (give each layer its own module)"
+                )
             if isinstance(child, _PARAMETERISED):
+                seen_parameterised[id(child)] = name
                 plans.append(_LevelPlan(child, [], where))
                 continue
             if any(True for _ in child.parameters(recurse=True)):
