@@ -321,3 +321,19 @@ def test_models_doc_commands_run(tmp_path, monkeypatch):
         assert words[:2] == ["bioprop", "train"]
         assert cli.main([*words[1:], "--quiet"]) == 0, command
         assert (tmp_path / words[words.index("--out") + 1] / "summary.json").is_file()
+
+
+def test_diagnostics_every_logs_one_record_per_parameter_on_a_conv_net(tmp_path):
+    # bioprop.diagnostics.measure on a wrapped conv net, through the trainer: one record per
+    # parameter and measured step, named as the user's module names them
+    import json
+
+    out = tmp_path / "run"
+    train({**QUICK, "rule": "fa", "model": "lenet5", "diagnostics_every": 5, "out": str(out)})
+    records = [json.loads(line) for line in (out / "diagnostics.jsonl").read_text().splitlines()]
+    names = [name for name, _ in build_model("lenet5", (1, 8, 8), 10).module.named_parameters()]
+    steps = sorted({r["step"] for r in records})
+    assert steps == list(range(0, 11, 5))  # 1347 / 128 -> 11 steps: 0, 5, 10
+    for step in steps:
+        assert [r["parameter"] for r in records if r["step"] == step] == names
+    assert all(-1 <= r["cos_update"] <= 1 for r in records)

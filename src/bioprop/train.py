@@ -578,8 +578,6 @@ def _check_model(c: TrainConfig) -> None:
     if c.model not in ("mlp", "rnn") and c.hidden != _DEFAULTS.hidden:
         raise BioPropError(f"--hidden {' '.join(map(str, c.hidden))}: --model {c.model} has its own layer widths; "
                            f"--hidden sizes only --model mlp and rnn")
-    if c.model != "mlp" and c.diagnostics_every:
-        raise BioPropError("--diagnostics-every: measured on MLPs only for now; drop it or use --model mlp")
 
 
 def _check_fits_data(config: TrainConfig, dataset) -> None:
