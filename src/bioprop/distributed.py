@@ -154,11 +154,6 @@ class Cluster:
         else:
             dist.barrier()
 
-    def agree(self, flag: bool) -> bool:
-        """True on every rank when `flag` is True on any rank (e.g. "stop: the loss diverged")."""
-        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        return bool(self.sum(value) > 0)
-
     def step(self, rule, net, x: Tensor, y: Tensor) -> "DataParallelStep":
         """One data-parallel step of `rule` on the global batch (x, y): see the module docstring.
         The batch loss and the count of correct outputs are reduced in the same all-reduce, so

@@ -77,11 +77,13 @@ def pool(net: Network, levels, per_level: Sequence[Sequence[Tensor] | None],
     return totals
 
 
-def write(net: Network, totals: Sequence[Tensor | None], alpha: float) -> None:
-    """parameter += alpha * total, in place, for every parameter with a change."""
+def write(net: Network, totals: Sequence[Tensor | None], scale: float) -> None:
+    """parameter += (scale * total), in place, for every parameter with a change: the product
+    rounded before the sum, as the MLP-era rules wrote it, so Z-IL's front trains an MLP bit for
+    bit as it did (add_(total, alpha=scale) would fuse the two roundings)."""
     for parameter, total in zip(net.parameters_list(), totals):
         if total is not None:
-            parameter.data.add_(total, alpha=alpha)
+            parameter.data.add_(scale * total)
 
 
 __all__ = ["backward_sweep", "pool", "write"]

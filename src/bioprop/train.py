@@ -761,20 +761,18 @@ def train(config: dict | TrainConfig, progress: bool = True) -> dict[str, Any]:
     wall_start = time.perf_counter()
     given = _given_settings(config)
     fields, options = split_settings(given, "settings")
-    cluster = None
+    joined: list[Cluster] = []  # the process group _train joins, left here whatever happens
     try:
-        if Cluster.launched():  # torchrun started this process as one of several: data-parallel
-            device_name = fields.get("device", _DEFAULTS.device)
-            cluster = Cluster.start(resolve_device(_as_choice("device", device_name, DEVICES)))
-        return _train(given, fields, options, progress, wall_start, cluster)
+        return _train(given, fields, options, progress, wall_start, joined)
     finally:
-        if cluster is not None:
+        for cluster in joined:
             cluster.stop()
 
 
 def _train(given: dict[str, Any], fields: dict[str, Any], options: dict[str, Any], progress: bool,
-           wall_start: float, cluster: Cluster | None) -> dict[str, Any]:
-    main = cluster is None or cluster.is_main  # the process that writes the run folder and speaks
+           wall_start: float, joined: list[Cluster]) -> dict[str, Any]:
+    # the process that writes the run folder and speaks: torchrun's rank 0, or the only one
+    main = not Cluster.launched() or int(os.environ.get("RANK", "0")) == 0
     if fields.get("resume") is not None:
         run_dir = Path(os.fspath(fields["resume"]))
         if main:
@@ -792,6 +790,10 @@ def _train(given: dict[str, Any], fields: dict[str, Any], options: dict[str, Any
         _prepare_out(Path(config.out), config.overwrite)
     out = Path(config.out)
     say = (lambda *a: None) if (config.quiet or not main) else (lambda text: print(text, flush=True))
+    cluster = None
+    if Cluster.launched():  # torchrun started this process as one of several: data-parallel, on the
+        cluster = Cluster.start(resolve_device(config.device))  # device of the run (a resumed one's too)
+        joined.append(cluster)
 
     from .data import load_dataset
 

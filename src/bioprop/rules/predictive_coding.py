@@ -73,7 +73,7 @@ import torch
 from ..errors import BioPropError
 from ..levels import Level, RateContext
 from ..network import Network
-from ..sweeps import pool
+from ..sweeps import pool, write
 from .base import StepResult
 
 Tensor = torch.Tensor
@@ -256,15 +256,6 @@ def shares_slot(net: Network, levels: Sequence[Level]) -> list[bool]:
     return [count > 1 for count in readers]
 
 
-def write_scaled(net: Network, totals: Sequence[Tensor | None], scale: float) -> None:
-    """parameter += (scale * total), in place: the product rounded before the sum, as the
-    MLP-era rules wrote it, so Z-IL's front trains an MLP bit for bit as it did (sweeps.write
-    fuses the two roundings)."""
-    for parameter, total in zip(net.parameters_list(), totals):
-        if total is not None:
-            parameter.data.add_(scale * total)
-
-
 def write_schedule(net: Network, levels: Sequence[Level], shared_updates: str, unshared_at_once: bool) -> list[bool]:
     """Per parameter: True = write each step's change at once, False = pool it over the
     presentation and write it at the end (module docstring: the shared-parameter decision)."""
@@ -298,7 +289,7 @@ class Plasticity:
             return
         totals = pool(self.net, self.levels, per_level)
         now = [total if at_once else None for total, at_once in zip(totals, self.at_once)]
-        write_scaled(self.net, now, self.scale)
+        write(self.net, now, self.scale)
         if any(now[slot] is not None for slot in self.input_slots):
             self.input_level_written = True
         for slot, (total, at_once) in enumerate(zip(totals, self.at_once)):
@@ -306,7 +297,7 @@ class Plasticity:
                 self.pending[slot] = total if self.pending[slot] is None else self.pending[slot] + total
 
     def finish(self) -> None:
-        write_scaled(self.net, self.pending, self.scale)
+        write(self.net, self.pending, self.scale)
         self.pending = [None] * len(self.at_once)
 
 
@@ -510,5 +501,5 @@ __all__ = [
     "DynamicsResult", "ErrorClamp", "FreeOutput", "LossTeacher", "PCState", "Plasticity", "Presented", "ReadByKey",
     "SHARED_UPDATES", "TraceEntry", "ValueClamp", "advance", "clamp_output", "errors_of", "feedforward_state",
     "inference_step", "make_teacher", "noisy_start", "predictions_of", "present", "rates_and_contexts", "rates_of",
-    "shares_slot", "simulate", "state_at", "write_scaled", "write_schedule",
+    "shares_slot", "simulate", "state_at", "write_schedule",
 ]

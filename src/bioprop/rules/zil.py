@@ -36,10 +36,11 @@ Two equivalent ways to run it:
   distance k does work at step k (every other node is either still at rest or has already
   been used), so one training step is one forward pass and one backward sweep of input and
   parameter VJPs (`sweeps.backward_sweep(forward, -e, scale=gamma)`), pooled per parameter
-  (`sweeps.pool`) and written once (`predictive_coding.write_scaled`). The error node is formed as the value-node increment above
+  (`sweeps.pool`) and written once (`sweeps.write`). The error node is formed as the value-node increment above
   (x_l(k) - mu_l(k) with mu_l(k) = z_l), which is the same number without the round-off of
   subtracting two nearly equal values (the full dynamics holds x_l as z_l + offset for the same
-  reason, and gives the front's updates bit for bit).
+  reason, and gives the front's updates to round-off: the activations' backward kernels may round
+  an entry's last bit by memory layout).
 - dynamics="full": every node of every level evolves at every step (the PCN as simulated by
   `predictive_coding.simulate`); used for traces, whenever a condition is broken, and for
   shared_updates="immediate" on a net that shares parameters. "auto" picks "front" when C1
@@ -56,9 +57,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import BioPropError
-from ..sweeps import backward_sweep, pool
+from ..sweeps import backward_sweep, pool, write
 from .base import LearningRule, StepResult, check_int, check_positive
-from .predictive_coding import check_shared_updates, load_noise_state, noise_state, present, write_scaled
+from .predictive_coding import check_shared_updates, load_noise_state, noise_state, present
 
 
 @dataclass
@@ -153,7 +154,7 @@ class ZeroDivergenceIL(LearningRule):
     def _front_step(self, net, x, y, forward):
         output = forward.output
         _, changes = backward_sweep(forward, -self.loss.output_error(output, y), scale=self.gamma)  # eps_L(0) = -e
-        write_scaled(net, pool(net, forward.levels, changes), self.lr / x.shape[0])
+        write(net, pool(net, forward.levels, changes), self.lr / x.shape[0])
         return ZILResult(self.loss(output, y).detach(), output, None, dynamics="front",
                          n_inference_steps=len(forward.levels) - 1)
 
