@@ -1,4 +1,6 @@
 """The public API's contract and its errors for bad input."""
+import math
+
 import pytest
 import torch
 
@@ -22,7 +24,10 @@ def test_step_updates_in_place_and_reports(name):
     net = bioprop.MLP([6, 5, 3], dtype=torch.float64, seed=0)
     before = [w.detach().clone() for w in net.weights]
     info = bioprop.make_rule(name, lr=0.1).step(net, torch.rand(4, 6), torch.tensor([0, 1, 2, 1]), trace=True)
-    assert isinstance(info["loss"], float) and info["output"].shape == (4, 3)
+    # the contract: the loss is a detached 0-d tensor (no host sync per step); float() reads it
+    loss = info["loss"]
+    assert isinstance(loss, torch.Tensor) and loss.ndim == 0 and not loss.requires_grad
+    assert math.isfinite(float(loss)) and info["output"].shape == (4, 3)
     assert any(not torch.equal(a, b) for a, b in zip(before, net.weights))
     if name != "bp":
         entry = info["trace"][0]

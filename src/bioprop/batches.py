@@ -8,15 +8,26 @@ told apart by their description (`network`, e.g. "a net with sizes [4, 3, 2]"), 
 every step does not repeat it. Integer labels, integer inputs and batches already in the
 network's dtype never warn.
 
-The value checks (finite inputs and targets, labels in range) each read a tensor back to the host:
-on an accelerator that is a synchronisation per batch. A trainer checks its data once with
-`check_data` and runs its steps inside `prechecked()`, where the per-batch value checks are
-skipped (the shape, dtype and device handling stays); `rule.step` outside it checks every batch.
+The value checks (finite inputs and targets, labels in range) must not synchronise the host with
+an accelerator at every step. Where they run:
+
+- inside `prechecked()` (the trainer, which checks its data once with `check_data`): not at all
+  (the shape, dtype and device handling stays);
+- on the CPU: at every batch, as one pass per tensor, its sum (finite exactly when every entry is,
+  unless the sum overflows: then the entries are checked one by one), read back at no cost (there
+  is no device to wait for); out-of-range labels are caught before the one-hot is made;
+- on an accelerator: without a sync per batch. Each batch ORs its verdict into a flag on the device
+  (`DeviceChecks`); the host reads the flag at the first step on the device and then every
+  `CHECK_INTERVAL` steps, and raises the same BioPropError, naming the input and how many steps
+  back the bad batch may lie (the parameters may already hold its NaNs). Labels out of range are
+  clamped into range for the one-hot (so no device assert fires) and flagged.
+  `check_pending(device)` reads the flag now.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import os
 import sys
 import warnings
@@ -35,9 +46,7 @@ _PRECHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("bioprop_prec
 
 @contextlib.contextmanager
 def prechecked() -> Iterator[None]:
-    """Steps inside read batches of data checked once (`check_data`): no per-batch value checks,
-    and rules report their loss as a 0-d tensor (`bioprop.rules.base.reported`); no host
-    synchronisation per step from either."""
+    """Steps inside read batches of data checked once (`check_data`): no per-batch value checks."""
     token = _PRECHECKED.set(True)
     try:
         yield
@@ -113,9 +122,18 @@ def check_targets(x: Tensor, y, n_out: int, network: str, dtype: torch.dtype,
     both checked for finiteness and brought to `dtype` and `device`."""
     y = torch.as_tensor(y)
     checking = not _PRECHECKED.get()
-    if y.ndim == 1 and not y.dtype.is_floating_point:
-        if checking and y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_out):
-            raise BioPropError(f"y: integer labels must lie in [0, {n_out}), got range [{int(y.min())}, {int(y.max())}]")
+    device = torch.device(device)
+    deferred = checking and DEVICE_CHECKS.deferring(device)
+    labels = y.ndim == 1 and not y.dtype.is_floating_point
+    if labels:
+        y = y.to(device=device)
+        if deferred and y.numel():
+            DEVICE_CHECKS.flag_labels(device, y, n_out)
+            y = y.clamp(0, n_out - 1)  # the flag reports it; a one-hot out of range would be a device assert
+        elif checking and y.numel():
+            low, high = torch.aminmax(y)
+            if int(low) < 0 or int(high) >= n_out:
+                raise BioPropError(f"y: integer labels must lie in [0, {n_out}), got range [{int(low)}, {int(high)}]")
         y = torch.nn.functional.one_hot(y.long(), n_out)
     if y.ndim != 2 or y.shape[1] != n_out:
         raise BioPropError(
@@ -135,11 +153,104 @@ def check_targets(x: Tensor, y, n_out: int, network: str, dtype: torch.dtype,
     y = y.to(dtype=dtype, device=device)
     if not checking:
         return x, y
-    if not all_finite(x):
-        raise BioPropError("x: contains NaN or infinite values; clean the input data")
-    if not all_finite(y):
-        raise BioPropError("y: contains NaN or infinite values; clean the targets")
+    if deferred:
+        DEVICE_CHECKS.flag_values(device, x, None if labels else y)
+        DEVICE_CHECKS.count_step(device)
+        return x, y
+    if not math.isfinite(_sum_of(x, None if labels else y)):
+        # a sum is finite when every entry is, and otherwise NaN or infinite, unless finite
+        # entries overflowed it: check one by one, naming the input
+        if not all_finite(x):
+            raise BioPropError(X_NOT_FINITE)
+        if not all_finite(y):
+            raise BioPropError(Y_NOT_FINITE)
     return x, y
+
+
+X_NOT_FINITE = "x: contains NaN or infinite values; clean the input data"
+Y_NOT_FINITE = "y: contains NaN or infinite values; clean the targets"
+LABELS_OUT_OF_RANGE = "y: integer labels must lie in [0, {n_out})"
+
+
+def _sum_of(x: Tensor, y: Tensor | None) -> float:
+    """sum(x) + sum(y), read on the host: one pass per tensor."""
+    total = x.sum()
+    if y is not None:
+        total = total + y.sum()
+    return float(total)
+
+
+#: a flag read every this many steps on an accelerator (the first step on a device is read too)
+CHECK_INTERVAL = 64
+
+#: the flag's bits
+_X_BIT, _Y_BIT, _LABEL_BIT = 1, 2, 4
+
+
+class DeviceChecks:
+    """The deferred value checks of batches on accelerators (see the module docstring): per device,
+    a 0-d int64 flag on the device (bits: x not finite, y not finite, a label out of range) and
+    the steps since the host last read it."""
+
+    def __init__(self) -> None:
+        self._flags: dict[torch.device, Tensor] = {}
+        self._unread: dict[torch.device, int] = {}
+        self._classes: dict[torch.device, int] = {}
+
+    @staticmethod
+    def deferring(device: torch.device) -> bool:
+        """Whether batches on `device` are checked through the flag: every device but the CPU,
+        where reading a number back costs nothing."""
+        return torch.device(device).type != "cpu"
+
+    def _or(self, device: torch.device, bits: Tensor) -> None:
+        flag = self._flags.get(device)
+        self._flags[device] = bits if flag is None else torch.bitwise_or(flag, bits)
+
+    def flag_labels(self, device: torch.device, labels: Tensor, n_out: int) -> None:
+        self._classes[device] = n_out
+        self._or(device, ((labels < 0) | (labels >= n_out)).any().to(torch.int64) * _LABEL_BIT)
+
+    def flag_values(self, device: torch.device, x: Tensor, y: Tensor | None) -> None:
+        bits = (~torch.isfinite(x.sum())).to(torch.int64) * _X_BIT
+        if y is not None:
+            bits = bits + (~torch.isfinite(y.sum())).to(torch.int64) * _Y_BIT
+        self._or(device, bits)
+
+    def count_step(self, device: torch.device) -> None:
+        """One more batch flagged on `device`; read the flag at the device's first batch and then
+        every CHECK_INTERVAL batches."""
+        first = device not in self._unread
+        self._unread[device] = self._unread.get(device, 0) + 1
+        if first or self._unread[device] >= CHECK_INTERVAL:
+            self.check(device)
+
+    def check(self, device) -> None:
+        """Read the flag of `device` (one sync) and raise the BioPropError of what it holds."""
+        device = torch.device(device)
+        flag = self._flags.pop(device, None)
+        unread = self._unread.get(device, 0)
+        self._unread[device] = 0
+        bits = 0 if flag is None else int(flag)
+        if not bits:
+            return
+        where = ("in this step's batch" if unread <= 1 else
+                 f"in one of the last {unread} batches on {device}: the flag is read every {CHECK_INTERVAL} "
+                 "steps, so the parameters may already hold its values")
+        if bits & _X_BIT:
+            raise BioPropError(f"{X_NOT_FINITE} (found {where})")
+        if bits & _Y_BIT:
+            raise BioPropError(f"{Y_NOT_FINITE} (found {where})")
+        raise BioPropError(f"{LABELS_OUT_OF_RANGE.format(n_out=self._classes.get(device))} (a label outside, {where})")
+
+
+DEVICE_CHECKS = DeviceChecks()
+
+
+def check_pending(device) -> None:
+    """Read the deferred value checks of `device` now and raise what they found (see the module
+    docstring); nothing on the CPU, whose batches are checked at once."""
+    DEVICE_CHECKS.check(device)
 
 
 def all_finite(tensor: Tensor) -> bool:

@@ -166,8 +166,8 @@ class Learner:
             loss, correct = combined.loss, combined.correct
         else:
             result = self.rule.step(self.net, x, y)
-            # a tensor inside prechecked(), a float from a rule that reads it itself; float64 so
-            # the sum rounds as the Python float sum of the float losses did
+            # a 0-d tensor (no host read); float64 so the sum rounds as the Python float sum of
+            # the float losses did
             loss = torch.as_tensor(result["loss"], dtype=torch.float64, device=result["output"].device)
             correct = (result["output"].argmax(dim=1) == y).sum()
         self.loss_sum = self.loss_sum + loss

@@ -6,11 +6,12 @@ and returns a `StepResult` (a dataclass: at least `loss`, the batch loss before 
 `output`, the network output z_L before the update; each rule's subclass adds what it measured).
 For code written against the earlier dict results, `result["loss"]` reads the attribute too.
 
-No host synchronisation per step: a rule's `_step` keeps its loss a detached 0-d tensor. The
-public `step` hands it to the user as a Python float (one read of a number the user is about
-to print; the API's contract), except inside `bioprop.batches.prechecked()`, the trainer's
-entry, where it stays a tensor and the per-batch value checks are skipped (the trainer checked
-its data once).
+No host synchronisation per step: `step` returns the loss as a detached 0-d tensor on the
+network's device (`float(result.loss)` reads it, a sync on an accelerator, where and when the
+caller chooses). The batch's value checks (finite inputs and targets, labels in range) cost one
+pass per tensor on the CPU and are deferred to a device-side flag on accelerators
+(`bioprop.batches`); inside `bioprop.batches.prechecked()`, the trainer's entry, they are
+skipped (the trainer checked its data once).
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..batches import is_prechecked
 from ..errors import BioPropError
 from ..losses import Loss, get_loss
 from ..network import MLP, Network
@@ -33,12 +33,11 @@ class StepResult:
     """What one training step reports. `trace` (per inference step: the rule's state) is None
     unless the step was asked for one with trace=True.
 
-    `loss`: the batch loss before the update. A rule's `_step` makes it a detached 0-d tensor
-    (computing it syncs nothing); `step` gives it as a float, inside `bioprop.batches.prechecked()`
-    (the trainer) as that tensor: `float(result.loss)` reads it either way. Other figures a
-    result reports (residuals, per-level tensors) are tensors too unless documented."""
+    `loss`: the batch loss before the update, a detached 0-d tensor on the network's device
+    (computing it syncs nothing; `float(result.loss)` reads it). Other figures a result reports
+    (residuals, per-level tensors) are tensors too unless documented."""
 
-    loss: Tensor | float
+    loss: Tensor
     output: Tensor
     trace: list | None = None
 
@@ -99,7 +98,7 @@ class LearningRule:
         """
         x, y = check_batch(net, x, y)
         with torch.no_grad():
-            return reported(self._step(net, x, y, trace))
+            return self._step(net, x, y, trace)
 
     def _step(self, net: Network, x: Tensor, y: Tensor, trace: bool) -> StepResult:
         raise NotImplementedError
@@ -129,14 +128,6 @@ class LearningRule:
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{type(self).__name__}({opts})"
-
-
-def reported(result: StepResult) -> StepResult:
-    """The result as `step` returns it: the loss a float, or inside `prechecked()` (the
-    trainer) the 0-d tensor the rule computed (no host synchronisation)."""
-    if isinstance(result.loss, Tensor) and not is_prechecked():
-        result.loss = float(result.loss)
-    return result
 
 
 def check_positive(name: str, value: float, allow_zero: bool = False) -> float:

@@ -90,7 +90,7 @@ from ..rate_network import (
     settle_credit,
     weight_change,
 )
-from .base import LearningRule, StepResult, check_batch, check_int, check_positive, reported, sgd_write
+from .base import LearningRule, StepResult, check_batch, check_int, check_positive, sgd_write
 
 Tensor = torch.Tensor
 
@@ -231,7 +231,7 @@ class CreditRule(LearningRule):
                 raise BioPropError("dynamics='layered' is the block form of a layered bioprop.Network; a RateNetwork runs 'dense' (or 'auto')")
             x, y = check_rate_batch(net, x, y)
             with torch.no_grad():
-                return reported(self._dense_step(net, x, y, trace))
+                return self._dense_step(net, x, y, trace)
         if not isinstance(net, Network):
             raise BioPropError(
                 f"net: expected a network (bioprop.wrap(model), a bioprop.ElmanRNN, a bioprop.MLP or a "
@@ -245,8 +245,8 @@ class CreditRule(LearningRule):
         x, y = check_batch(net, x, y)
         with torch.no_grad():
             if self.dynamics == "dense":
-                return reported(self._embedded_step(net, x, y, trace))
-            return reported(self._layered_step(net, x, y, trace))
+                return self._embedded_step(net, x, y, trace)
+            return self._layered_step(net, x, y, trace)
 
     # -- the general circuit --------------------------------------------------------------------
     def _dense_step(self, net: RateNetwork, stimulus: Tensor, y: Tensor, trace: bool):

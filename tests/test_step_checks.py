@@ -1,0 +1,141 @@
+"""rule.step's contract without host synchronisation: the loss a detached 0-d tensor, and the
+batch's value checks (finite x and y, labels in range) still refusing bad input by name, at once
+on the CPU and through the deferred device-side flag on accelerators (simulated here on the CPU
+by marking the CPU as a deferring device)."""
+import math
+
+import pytest
+import torch
+
+import bioprop
+from bioprop import batches
+from bioprop.batches import DeviceChecks, prechecked
+from bioprop.errors import BioPropError
+
+RULES = ["bp", "zil", "fa", "kp", "sign", "dfa", "credit"]
+
+
+def _net():
+    return bioprop.MLP([4, 5, 3], dtype=torch.float64, seed=0)
+
+
+def _batch():
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(6, 4, generator=generator, dtype=torch.float64), torch.tensor([0, 1, 2, 1, 0, 2])
+
+
+@pytest.mark.parametrize("name", RULES)
+def test_the_loss_is_a_detached_0d_tensor_equal_to_the_batch_loss(name):
+    net = _net()
+    x, y = _batch()
+    with torch.no_grad():
+        expected = float(bioprop.losses.get_loss("mse")(net(x), torch.nn.functional.one_hot(y, 3).double()))
+    loss = bioprop.make_rule(name, lr=0.1).step(net, x, y).loss
+    assert isinstance(loss, torch.Tensor) and loss.ndim == 0 and not loss.requires_grad
+    assert loss.dtype == net.dtype and loss.device == net.device
+    assert math.isclose(float(loss), expected, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("name", RULES)
+@pytest.mark.parametrize("bad,named", [
+    ("x_nan", "x: contains NaN"), ("x_inf", "x: contains NaN"), ("y_inf", "y: contains NaN"),
+    ("label_high", r"y: integer labels must lie in \[0, 3\)"), ("label_negative", r"y: integer labels must lie in \[0, 3\)"),
+])
+def test_bad_batches_are_refused_by_name_before_any_write(name, bad, named):
+    net = _net()
+    before = [p.detach().clone() for p in net.parameters_list()]
+    x, y = _batch()
+    if bad == "x_nan":
+        x[2, 1] = math.nan
+    elif bad == "x_inf":
+        x[0, 0] = -math.inf
+    elif bad == "y_inf":
+        y = torch.nn.functional.one_hot(y, 3).double()
+        y[4, 2] = math.inf
+    elif bad == "label_high":
+        y[3] = 3
+    else:
+        y[5] = -1
+    with pytest.raises(BioPropError, match=named):
+        bioprop.make_rule(name, lr=0.1).step(net, x, y)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters_list()))
+
+
+def test_a_finite_batch_whose_sum_overflows_is_accepted():
+    # the CPU check reads sum(x); finite entries that overflow it are checked one by one
+    net = bioprop.MLP([4, 3], dtype=torch.float32, seed=0)
+    x = torch.full((2, 4), 3e38)
+    assert not math.isfinite(float(x.sum()))
+    bioprop.make_rule("fa", lr=1e-40).step(net, x, torch.tensor([0, 1]))
+    control = x.clone()
+    control[1, 3] = math.inf  # the negative control: a true infinity among them is refused
+    with pytest.raises(BioPropError, match="x: contains NaN"):
+        bioprop.make_rule("fa", lr=1e-40).step(net, control, torch.tensor([0, 1]))
+
+
+def test_prechecked_steps_skip_the_value_checks():
+    net = _net()
+    x, y = _batch()
+    x[0, 0] = math.nan
+    with prechecked():
+        loss = bioprop.make_rule("bp", lr=0.1).step(net, x, y).loss
+    assert math.isnan(float(loss))
+
+
+@pytest.fixture
+def deferring(monkeypatch):
+    """The CPU treated as an accelerator: batches flagged on the device, the flag read at the
+    first step and then every 4 steps."""
+    checks = DeviceChecks()
+    monkeypatch.setattr(DeviceChecks, "deferring", staticmethod(lambda device: True))
+    monkeypatch.setattr(batches, "DEVICE_CHECKS", checks)
+    monkeypatch.setattr(batches, "CHECK_INTERVAL", 4)
+    return checks
+
+
+@pytest.mark.parametrize("name", ["bp", "fa", "credit"])
+def test_deferred_checks_raise_at_the_first_step_on_a_device(deferring, name):
+    x, y = _batch()
+    x[1, 1] = math.inf
+    with pytest.raises(BioPropError, match=r"x: contains NaN or infinite values.*this step's batch"):
+        bioprop.make_rule(name, lr=0.1).step(_net(), x, y)
+
+
+def test_deferred_checks_name_the_input_at_the_next_read(deferring):
+    net, rule = _net(), bioprop.make_rule("fa", lr=0.1)
+    x, y = _batch()
+    rule.step(net, x, y)  # the first step: read, clean
+    bad = x.clone()
+    bad[0, 3] = math.nan
+    rule.step(net, x, y)
+    rule.step(net, bad, y)  # flagged on the device, not read yet
+    rule.step(net, x, y)
+    with pytest.raises(BioPropError, match=r"x: contains NaN or infinite values.*one of the last 4 batches"):
+        rule.step(net, x, y)  # the 4th unread batch: the flag is read
+    rule.step(net, x, y)  # read again from a clean flag
+    for _ in range(3):
+        rule.step(net, x, y)
+
+
+def test_deferred_checks_clamp_and_report_labels_out_of_range(deferring):
+    net, rule = _net(), bioprop.make_rule("bp", lr=0.1)
+    x, y = _batch()
+    rule.step(net, x, y)
+    y_bad = y.clone()
+    y_bad[2] = 7  # a one-hot of 7 among 3 classes would be a device assert on an accelerator
+    for _ in range(3):
+        rule.step(net, x, y_bad)
+    with pytest.raises(BioPropError, match=r"y: integer labels must lie in \[0, 3\).*last 4 batches"):
+        rule.step(net, x, y)
+
+
+def test_check_pending_reads_the_flag_now(deferring):
+    net, rule = _net(), bioprop.make_rule("bp", lr=0.1)
+    x, y = _batch()
+    rule.step(net, x, y)
+    targets = torch.nn.functional.one_hot(y, 3).double()
+    targets[0, 0] = math.nan
+    rule.step(net, x, targets)
+    with pytest.raises(BioPropError, match="y: contains NaN"):
+        batches.check_pending(net.device)
+    batches.check_pending(net.device)  # read and cleared
