@@ -308,9 +308,12 @@ class ConvLevel(Level):
         return [grad_w] if self.bias is None else [grad_w, grad_b]
 
     def backward(self, grad_z, r, side=None, input_needed=True, feedback=None):
-        if feedback is not None or not input_needed:
-            return super().backward(grad_z, r, side, input_needed, feedback)
-        grad_r, grad_w, grad_b = self._aten_backward(grad_z, r, self.weight, (True, True, self.bias is not None))
+        if not input_needed:
+            return None, self.parameter_vjp(grad_z, r, side)
+        # one aten call: the kernel's and bias's gradients read only grad_z and r, so a feedback
+        # kernel in W's place changes the input VJP alone
+        weight = self.weight if feedback is None else feedback
+        grad_r, grad_w, grad_b = self._aten_backward(grad_z, r, weight, (True, True, self.bias is not None))
         return grad_r, [grad_w] if self.bias is None else [grad_w, grad_b]
 
     @property

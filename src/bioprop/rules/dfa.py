@@ -46,6 +46,8 @@ class DirectFeedbackAlignment(FeedbackRule):
     paper = "Nøkland 2016"
     benchmark_cases = {"dfa": {}}
 
+    drawn_in_feedback_layout = False
+
     def __init__(self, lr=0.01, loss="mse", feedback_scale=1.0, seed=0):
         super().__init__(lr, loss, feedback_scale, seed)
 

@@ -52,7 +52,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import BioPropError
-from ..levels import ActivationOp, ElmanLevel, Level, RateFunction
+from ..levels import ActivationOp, ElmanLevel, Level, LinearLevel, RateFunction
 from ..measures import cosine
 from ..network import MLP, ForwardPass, Network, _xavier_gain
 from ..sweeps import backward_sweep, pool
@@ -65,13 +65,26 @@ Tensor = torch.Tensor
 class FeedbackStepResult(StepResult):
     """One step of fa, kp, sign or dfa.
 
-    deltas:              delta_1 .. delta_{L-1}, the hidden levels' error signals (z_l's shape)
+    deltas:              delta_1 .. delta_{L-1}, the hidden levels' error signals (z_l's shape);
+                         formed when first read (the step's sweep carries delta / batch, so the
+                         step itself makes no pass over them)
     gradient_estimates:  G per entry of net.parameters_list() (what the update uses in place of
                          dLoss/dtheta; the update is -lr G, before kp's decay)
     """
 
-    deltas: list = field(default_factory=list)
     gradient_estimates: list = field(default_factory=list)
+    #: delta_1 / batch .. delta_{L-1} / batch, as the sweep carried them
+    per_sample_deltas: list = field(default_factory=list, repr=False)
+    batch: int = 1
+
+    @property
+    def deltas(self) -> list:
+        if not hasattr(self, "_deltas"):
+            self._deltas = [delta * self.batch for delta in self.per_sample_deltas]
+        return self._deltas
+
+    def keys(self) -> list[str]:
+        return [*super().keys(), "deltas"]
 
 
 # -- the maths, as plain functions ---------------------------------------------------------------
@@ -143,6 +156,8 @@ class FeedbackRule(LearningRule):
         self.seed = None if seed is None else check_int("seed", seed, 0)
         self._drawn: list[Tensor] | None = None
         self._drawn_for: Any = None  # an MLP's sizes, or a signature (see _signature)
+        self._fits: tuple | None = None  # the structure the drawn state was last found to fit (_structure)
+        self._plan: tuple | None = None  # (structure, slot, keyed, level slots) of the last step's net
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "feedback_scale": self.feedback_scale, "seed": self.seed}
@@ -199,9 +214,9 @@ class FeedbackRule(LearningRule):
         return backward_sweep(forward, output_error, feedback=per_level)
 
     def _write(self, parameters: list[Tensor], levels: Sequence[Level], keyed: list, estimates: list[Tensor | None]) -> None:
-        for parameter, estimate in zip(parameters, estimates):
-            if estimate is not None:
-                parameter.data.add_(estimate, alpha=-self.lr)
+        written = [(parameter, estimate) for parameter, estimate in zip(parameters, estimates) if estimate is not None]
+        if written:
+            torch._foreach_add_([p.data for p, _ in written], [e for _, e in written], alpha=-self.lr)
 
     # -- drawing, checking, checkpoints --
     def _signature(self, net: Network, levels: Sequence[Level], forward: ForwardPass | None):
@@ -243,7 +258,7 @@ class FeedbackRule(LearningRule):
                     f"{self.drawn_name}: shapes {given} do not fit {net.describe()}; rule {self.name!r} needs {shapes}"
                 )
         self._drawn = [m.to(dtype=net.dtype, device=net.device) for m in matrices]
-        self._drawn_for = signature
+        self._drawn_for, self._fits = signature, None
 
     def prepare(self, net: Network, x: Tensor | None = None) -> None:
         self.drawn(net, x)
@@ -259,7 +274,7 @@ class FeedbackRule(LearningRule):
                 self.initialize(net, x=x)
             else:
                 self._drawn = [m.to(dtype=net.dtype, device=net.device) for m in self._draw(net, levels, forward)]
-                self._drawn_for = self._signature(net, levels, forward)
+                self._drawn_for, self._fits = self._signature(net, levels, forward), None
         else:
             self._check_fits(net, x, levels, forward)
         if self._drawn and (self._drawn[0].dtype != net.dtype or self._drawn[0].device != net.device):
@@ -267,6 +282,13 @@ class FeedbackRule(LearningRule):
         return self._drawn
 
     def _check_fits(self, net, x, levels, forward) -> None:
+        structure = _structure(net, levels, forward) if levels is not None else None
+        if structure is not None and structure == self._fits:
+            return  # the same tensors, levels and input shape as a step already checked
+        self._check_signature(net, x, levels, forward)
+        self._fits = structure
+
+    def _check_signature(self, net, x, levels, forward) -> None:
         if isinstance(net, MLP):
             if self._drawn_for != list(net.sizes):
                 raise BioPropError(
@@ -298,6 +320,7 @@ class FeedbackRule(LearningRule):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._fits = None
         if not state or not state.get("drawn"):
             self._drawn, self._drawn_for = None, None
             return
@@ -332,22 +355,50 @@ class FeedbackRule(LearningRule):
         levels, output = forward.levels, forward.output
         loss = self.loss(output, y)
         parameters = net.parameters_list()
-        slot = {id(p): i for i, p in enumerate(parameters)}
-        keyed = self.keyed_levels(net, levels, forward, slot)
+        keyed, level_slots = self._plan_for(net, levels, forward, parameters)
         self.drawn(net, levels=levels, forward=forward)
-        feedback = self.feedback_from(net, levels, keyed)
+        self._store_weight_major(levels, keyed)
+        feedback = self.step_feedback(net, levels, keyed)
         batch = output.shape[0]
         # the sweep is linear in e: started from e / batch its parameter VJPs are the batch means
         # G themselves (no pass over every weight-sized total to divide it)
         deltas, per_level = self.sweep(net, forward, self.loss.output_error(output, y) / batch, feedback, keyed)
-        level_slots = [[slot[id(p)] for p in level.parameters] for level in levels]
         estimates = pool(net, levels, per_level, level_slots)
         self._write(parameters, levels, keyed, estimates)
-        return FeedbackStepResult(loss.detach(), output, [] if trace else None, [d * batch for d in deltas[:-1]], estimates)
+        return FeedbackStepResult(loss.detach(), output, [] if trace else None, estimates, deltas[:-1], batch)
+
+    def _plan_for(self, net: Network, levels: Sequence[Level], forward: ForwardPass, parameters: list[Tensor]):
+        """(keyed levels, each level's parameter slots) for these levels: worked out once per
+        structure (the same parameter tensors, levels reading them and input shape), not per step."""
+        structure = _structure(net, levels, forward, parameters)
+        if self._plan is None or self._plan[0] != structure:
+            slot = {id(p): i for i, p in enumerate(parameters)}
+            keyed = self.keyed_levels(net, levels, forward, slot)
+            level_slots = [[slot[id(p)] for p in level.parameters] for level in levels]
+            self._plan = (structure, keyed, level_slots)
+        return self._plan[1], self._plan[2]
 
     def feedback_from(self, net: Network, levels: Sequence[Level], keyed: list) -> list[Tensor]:
         """The feedback of the drawn state on these levels, one per key (sign recomputes it from W)."""
         return self._drawn
+
+    def step_feedback(self, net: Network, levels: Sequence[Level], keyed: list) -> list[Tensor]:
+        """feedback_from, for the step's own use only (sign writes it into buffers it reuses)."""
+        return self.feedback_from(net, levels, keyed)
+
+    #: whether the drawn matrices are in the levels' feedback layout (dfa's projections are not)
+    drawn_in_feedback_layout = True
+
+    def _store_weight_major(self, levels: Sequence[Level], keyed: list) -> None:
+        """Keep each drawn matrix of a transposing feedback layout (a Linear or Elman level's B, of
+        W^T's shape) as the transposed view of a tensor laid out like W: the same values, but its
+        input VJP (delta @ B^T) reads memory in order and kp's write B -= lr G^T adds tensors of
+        one layout (a transposed add over every entry costs several times a plain one)."""
+        if not self.drawn_in_feedback_layout or not self._drawn:
+            return
+        for position, ((_, uses), matrix) in enumerate(zip(keyed, self._drawn)):
+            if matrix.dim() == 2 and isinstance(levels[uses[0]], (LinearLevel, ElmanLevel)) and not matrix.T.is_contiguous():
+                self._drawn[position] = matrix.T.contiguous().T
 
     def forward_weights(self, net: Network, x: Tensor | None = None) -> list[tuple[Level, Tensor]]:
         """(a level using the key, the key's forward weight in the feedback layout), one per key."""
@@ -367,6 +418,20 @@ class FeedbackRule(LearningRule):
         levels = levels_of(net, x)
         slots = [slot for slot, _ in self.keyed_levels(net, levels, None)]
         return dict(zip(slots, self.feedback_alignment(net, x)))
+
+
+def _structure(net: Network, levels: Sequence[Level], forward: ForwardPass | None,
+               parameters: Sequence[Tensor] | None = None) -> tuple:
+    """What the keyed levels, the parameter slots and the drawn shapes are functions of: the net,
+    its parameter tensors (identity and shape), the tensors each level reads, and the input's
+    shape per sample (dfa's projections on a conv net)."""
+    parameters = net.parameters_list() if parameters is None else parameters
+    return (
+        id(net),
+        tuple((id(p), p.shape) for p in parameters),
+        tuple(id(p) for level in levels for p in level.parameters),
+        None if forward is None else tuple(forward.rates[0].shape[1:]),
+    )
 
 
 def _slots(net: Network) -> dict[int, int]:

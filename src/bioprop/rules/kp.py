@@ -33,8 +33,10 @@ cost 1.5 and 5 points (seed 0) while aligning B_l further (cos 1.0 at 1e-2, 0.3-
 """
 from __future__ import annotations
 
+import torch
+
 from .base import check_positive
-from .feedback import FeedbackRule, decay_and_descend
+from .feedback import FeedbackRule
 
 
 class KolenPollack(FeedbackRule):
@@ -58,10 +60,17 @@ class KolenPollack(FeedbackRule):
         return list(self._drawn or [])
 
     def _write(self, parameters, levels, keyed, estimates):
-        # B_l's update reads only B_l and G_l (computed before any write), so order is free
-        for parameter, estimate in zip(parameters, estimates):
-            if estimate is not None:
-                decay_and_descend(parameter.data, estimate, self.lr, self.decay if parameter.dim() > 1 else 0.0)
-        for matrix, (slot, uses) in zip(self._drawn, keyed):
-            if estimates[slot] is not None:
-                decay_and_descend(matrix, levels[uses[0]].to_feedback_layout(estimates[slot]), self.lr, self.decay)
+        # B_l's update reads only B_l and G_l (computed before any write), so order is free. Every
+        # tensor written is decayed (a weight's and B's mul_) and descended (add_ with alpha) in
+        # one foreach call each, as decay_and_descend does one tensor at a time; B is stored
+        # laid out like W (FeedbackRule._store_weight_major), so layout(G) = G^T adds in order.
+        weights = [p.data for p, estimate in zip(parameters, estimates) if estimate is not None and p.dim() > 1]
+        feedback = [matrix for matrix, (slot, _) in zip(self._drawn, keyed) if estimates[slot] is not None]
+        decaying = weights + feedback if self.decay else []
+        if decaying:
+            torch._foreach_mul_(decaying, 1.0 - self.lr * self.decay)
+        written = [(p.data, estimate) for p, estimate in zip(parameters, estimates) if estimate is not None]
+        written += [(matrix, levels[uses[0]].to_feedback_layout(estimates[slot]))
+                    for matrix, (slot, uses) in zip(self._drawn, keyed) if estimates[slot] is not None]
+        if written:
+            torch._foreach_add_([t for t, _ in written], [change for _, change in written], alpha=-self.lr)

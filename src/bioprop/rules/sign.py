@@ -79,3 +79,32 @@ class SignSymmetry(FeedbackRule):
             levels[uses[0]].to_feedback_layout(torch.sign(levels[uses[0]].forward_weight)) * magnitude
             for (_, uses), magnitude in zip(keyed, self._drawn)
         ]
+
+    def step_feedback(self, net, levels, keyed):
+        """feedback_from's values, made in place in one buffer per key (laid out like W_l, so B_l
+        is its transposed view for a Linear level): sign(W_l) written into it, then multiplied by
+        M_l in W_l's layout, or by the one number s_l where every magnitude is s_l (the unit
+        magnitudes: the same products, +-s_l or 0, without reading M_l)."""
+        weights = [levels[uses[0]].forward_weight for _, uses in keyed]
+        buffers = getattr(self, "_buffers", None)
+        if buffers is None or len(buffers) != len(weights) or any(
+                b.shape != w.shape or b.dtype != w.dtype or b.device != w.device for b, w in zip(buffers, weights)):
+            buffers = self._buffers = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
+        scales = self._uniform_magnitudes()
+        feedback = []
+        for (_, uses), weight, buffer, magnitude, scale in zip(keyed, weights, buffers, self._drawn, scales):
+            level = levels[uses[0]]
+            torch.sign(weight, out=buffer)
+            # level.to_feedback_layout is its own inverse (a transpose or the identity)
+            buffer.mul_(level.to_feedback_layout(magnitude) if scale is None else scale)
+            feedback.append(level.to_feedback_layout(buffer))
+        return feedback
+
+    def _uniform_magnitudes(self) -> list:
+        """Per drawn magnitude tensor, its one value where all its entries are equal, else None;
+        read once per drawn state (a host read), not per step."""
+        if getattr(self, "_uniform_for", None) is not self._drawn:
+            self._uniform = [float(m.reshape(-1)[0]) if m.numel() and bool((m == m.reshape(-1)[0]).all()) else None
+                             for m in self._drawn]
+            self._uniform_for = self._drawn
+        return self._uniform
