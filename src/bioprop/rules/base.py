@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -55,6 +55,25 @@ class StepResult:
 
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(self, key) if key in self.keys() else default
+
+    # figures formed when first read: a step reports them without paying for them
+    def defer(self, **makers: Callable[[], Any]) -> "StepResult":
+        """Let the named fields be computed by `makers` when first read (their passes cost the
+        step nothing if nobody reads them). Fields so named must have no class-level default
+        (a default_factory), so that reading them reaches __getattr__."""
+        deferred = self.__dict__.setdefault("_deferred", {})
+        for name, make in makers.items():
+            self.__dict__.pop(name, None)
+            deferred[name] = make
+        return self
+
+    def __getattr__(self, name: str) -> Any:  # only reached where an attribute is missing
+        deferred = self.__dict__.get("_deferred")
+        if deferred and name in deferred:
+            value = deferred.pop(name)()
+            setattr(self, name, value)
+            return value
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
 
 class LearningRule:

@@ -112,8 +112,8 @@ class CreditStepResult(StepResult):
                           layered form's residuals after cut sweeps are 0-d tensors: no read per step)
     """
 
-    credit: list | Tensor | None = None
-    deltas: list | None = None
+    credit: list | Tensor | None = field(default_factory=lambda: None)  # no class default: may be deferred
+    deltas: list | None = field(default_factory=lambda: None)
     gradient_estimates: list | None = None
     rates: Tensor | None = None
     net_input: Tensor | None = None
@@ -322,8 +322,9 @@ class CreditRule(LearningRule):
             passed_down: list = [None] * len(levels)
             top = output_error if output_gain is None else output_error * output_gain
             scaled, per_level = backward_sweep(forward, top / batch, derivative=derivative, input_grads=passed_down)
-            deltas = [delta * batch for delta in scaled[:-1]] + [top]
-            credit = [-grad * batch for grad in passed_down[:-1]] + [-output_error]
+            # the reported deltas and credit are formed when read (passes the size of every level)
+            deltas = lambda: [delta * batch for delta in scaled[:-1]] + [top]  # noqa: E731
+            credit = lambda: [-grad * batch for grad in passed_down[:-1]] + [-output_error]  # noqa: E731
             residual = 0.0
         else:
             credit, residual = _layered_credit(forward, -output_error, derivative, output_gain, self.output_mode,
@@ -336,14 +337,17 @@ class CreditRule(LearningRule):
 
         # G = -<c g (dz/dtheta)>, BP's sign convention for bioprop.diagnostics; the change is -lr G
         estimates = pool(net, levels, per_level)
-        for parameter, estimate in zip(net.parameters_list(), estimates):
-            if estimate is not None:
-                parameter.data.add_(estimate, alpha=-self.lr)
-        return CreditStepResult(
+        written = [(p.data, estimate) for p, estimate in zip(net.parameters_list(), estimates) if estimate is not None]
+        if written:
+            torch._foreach_add_([p for p, _ in written], [estimate for _, estimate in written], alpha=-self.lr)
+        result = CreditStepResult(
             self.loss(output, y).detach(), output, _trace(firing_record, credit_record) if trace else None,
-            credit=credit, deltas=deltas[:-1], gradient_estimates=estimates,
-            **_settling_info(firing, credit_settling),
+            gradient_estimates=estimates, **_settling_info(firing, credit_settling),
         )
+        if callable(deltas):
+            return result.defer(credit=credit, deltas=lambda: deltas()[:-1])
+        result.credit, result.deltas = credit, deltas[:-1]
+        return result
 
 
 def _drive(forward: ForwardPass, index: int, credit: Tensor, derivative, output_gain: Tensor | None) -> Tensor:

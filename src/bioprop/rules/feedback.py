@@ -66,25 +66,14 @@ class FeedbackStepResult(StepResult):
     """One step of fa, kp, sign or dfa.
 
     deltas:              delta_1 .. delta_{L-1}, the hidden levels' error signals (z_l's shape);
-                         formed when first read (the step's sweep carries delta / batch, so the
+                         formed when first read (the step's sweep carries delta / batch: the
                          step itself makes no pass over them)
     gradient_estimates:  G per entry of net.parameters_list() (what the update uses in place of
                          dLoss/dtheta; the update is -lr G, before kp's decay)
     """
 
+    deltas: list = field(default_factory=list)
     gradient_estimates: list = field(default_factory=list)
-    #: delta_1 / batch .. delta_{L-1} / batch, as the sweep carried them
-    per_sample_deltas: list = field(default_factory=list, repr=False)
-    batch: int = 1
-
-    @property
-    def deltas(self) -> list:
-        if not hasattr(self, "_deltas"):
-            self._deltas = [delta * self.batch for delta in self.per_sample_deltas]
-        return self._deltas
-
-    def keys(self) -> list[str]:
-        return [*super().keys(), "deltas"]
 
 
 # -- the maths, as plain functions ---------------------------------------------------------------
@@ -365,7 +354,8 @@ class FeedbackRule(LearningRule):
         deltas, per_level = self.sweep(net, forward, self.loss.output_error(output, y) / batch, feedback, keyed)
         estimates = pool(net, levels, per_level, level_slots)
         self._write(parameters, levels, keyed, estimates)
-        return FeedbackStepResult(loss.detach(), output, [] if trace else None, estimates, deltas[:-1], batch)
+        result = FeedbackStepResult(loss.detach(), output, [] if trace else None, gradient_estimates=estimates)
+        return result.defer(deltas=lambda: [delta * batch for delta in deltas[:-1]])
 
     def _plan_for(self, net: Network, levels: Sequence[Level], forward: ForwardPass, parameters: list[Tensor]):
         """(keyed levels, each level's parameter slots) for these levels: worked out once per
