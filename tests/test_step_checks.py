@@ -139,3 +139,38 @@ def test_check_pending_reads_the_flag_now(deferring):
     with pytest.raises(BioPropError, match="y: contains NaN"):
         batches.check_pending(net.device)
     batches.check_pending(net.device)  # read and cleared
+
+
+# -- what a step caches between steps stays true to the network ------------------------------------
+def test_a_wrapped_net_follows_a_replaced_parameter():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+    net, rule = bioprop.wrap(model), bioprop.make_rule("fa", lr=0.1)
+    x, y = _batch()
+    rule.step(net, x, y)
+    model[2].weight = torch.nn.Parameter(torch.zeros(3, 5, dtype=torch.float64))
+    assert net.parameters_list()[2] is model[2].weight
+    assert net.levels_for(x)[1].weight is model[2].weight
+    rule.step(net, x, y)
+    assert model[2].weight.abs().sum() > 0  # the step wrote the new tensor
+    assert all(a is b for a, b in zip(net.parameters_list(), model.parameters()))
+
+
+def test_the_mlp_forward_is_the_forward_pass_bit_for_bit():
+    for input_map in ("identity", "activation"):
+        net = bioprop.MLP([4, 6, 5, 3], activation="tanh", input_map=input_map, dtype=torch.float64, seed=1)
+        x, _ = _batch()
+        assert torch.equal(net(x), net.forward_pass(x).output)
+
+
+@pytest.mark.parametrize("magnitude", ["unit", "random"])
+def test_sign_step_feedback_equals_its_definition_and_is_not_shared(magnitude):
+    net, rule = _net(), bioprop.make_rule("sign", lr=0.1, magnitude=magnitude)
+    x, y = _batch()
+    rule.step(net, x, y)
+    levels = net.levels_for(x)
+    keyed = rule.keyed_levels(net, levels, None)
+    expected = rule.feedback_from(net, levels, keyed)
+    assert all(torch.equal(a, b) for a, b in zip(rule.step_feedback(net, levels, keyed), expected))
+    public = rule.feedback(net)
+    rule.step(net, x, y)  # reuses its buffers; what feedback() returned is the caller's
+    assert all(torch.equal(a, b) for a, b in zip(public, expected))

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .activations import Activation, get_activation
@@ -273,6 +274,19 @@ class MLP(Network):
     def input_rates(self, x: Tensor) -> Tensor:
         """h_0: the input as seen by the first layer."""
         return self.activation(x) if self.input_map == "activation" else x
+
+    def forward(self, x: Tensor) -> Tensor:
+        """z_L: forward_pass's ops (the same products, bit for bit) without building levels or
+        keeping what the rate functions' VJPs need (the BP oracle differentiates this)."""
+        h = self.input_rates(x)
+        weights = _members(self._weights)
+        biases = _members(self._biases) if self._biases is not None else [None] * len(weights)
+        last = len(weights) - 1
+        for index, (weight, bias) in enumerate(zip(weights, biases)):
+            h = F.linear(h, weight, bias)
+            if index < last:
+                h = self.activation(h)
+        return h
 
     def layer_input(self, layer: int, rates: Tensor) -> Tensor:
         """z_layer = rates @ W_layer^T + b_layer, for layer = 1..L."""

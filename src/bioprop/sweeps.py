@@ -81,9 +81,9 @@ def write(net: Network, totals: Sequence[Tensor | None], scale: float) -> None:
     """parameter += (scale * total), in place, for every parameter with a change: the product
     rounded before the sum, as the MLP-era rules wrote it, so Z-IL's front trains an MLP bit for
     bit as it did (add_(total, alpha=scale) would fuse the two roundings)."""
-    for parameter, total in zip(net.parameters_list(), totals):
-        if total is not None:
-            parameter.data.add_(scale * total)
+    written = [(parameter.data, total) for parameter, total in zip(net.parameters_list(), totals) if total is not None]
+    if written:
+        torch._foreach_add_([p for p, _ in written], torch._foreach_mul([t for _, t in written], scale))
 
 
 __all__ = ["backward_sweep", "pool", "write"]

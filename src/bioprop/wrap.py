@@ -93,6 +93,10 @@ class WrappedNetwork(Network):
             level_of(plan.module, RateFunction(plan.ops), plan.where)
         self._input_map = RateFunction(input_ops)
         self._plans = plans
+        # parameters_list reads the planned modules' own parameters (a walk over every submodule
+        # costs a step more than the list), where that is what module.parameters() gives
+        self._plans_hold_all = [p for p in self._planned_parameters()] == list(module.parameters())
+        self._levels: tuple | None = None  # (the parameter tensors they were built for, levels)
 
     def describe(self) -> str:
         kinds = "-".join(type(p.module).__name__ for p in self._plans)
@@ -107,8 +111,15 @@ class WrappedNetwork(Network):
         return len(self._plans)
 
     def levels_for(self, x: Tensor | None = None) -> list[Level]:
-        # built from the modules at each call, so a level always reads the module's current tensors
-        return [level_of(plan.module, RateFunction(plan.ops), plan.where) for plan in self._plans]
+        # built from the modules, again whenever a module holds other tensors than they were built
+        # for (a replaced weight), so a level always reads the module's current parameters
+        tensors = tuple(id(p) for plan in self._plans for p in plan.module._parameters.values())
+        if self._levels is None or self._levels[0] != tensors:
+            self._levels = (tensors, [level_of(plan.module, RateFunction(plan.ops), plan.where) for plan in self._plans])
+        return list(self._levels[1])
+
+    def _planned_parameters(self) -> list[Tensor]:
+        return [p for plan in self._plans for p in plan.module._parameters.values() if p is not None]
 
     def input_rates(self, x: Tensor) -> Tensor:
         return self._input_map(x)
@@ -117,7 +128,7 @@ class WrappedNetwork(Network):
         return self.module(x)
 
     def parameters_list(self) -> list[Tensor]:
-        return list(self.module.parameters())
+        return self._planned_parameters() if self._plans_hold_all else list(self.module.parameters())
 
     def export_state_dict(self) -> dict[str, Tensor]:
         return self.module.state_dict()

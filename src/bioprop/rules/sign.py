@@ -85,7 +85,7 @@ class SignSymmetry(FeedbackRule):
         is its transposed view for a Linear level): sign(W_l) written into it, then multiplied by
         M_l in W_l's layout, or by the one number s_l where every magnitude is s_l (the unit
         magnitudes: the same products, +-s_l or 0, without reading M_l)."""
-        weights = [levels[uses[0]].forward_weight for _, uses in keyed]
+        weights = [levels[uses[0]].forward_weight.detach() for _, uses in keyed]
         buffers = getattr(self, "_buffers", None)
         if buffers is None or len(buffers) != len(weights) or any(
                 b.shape != w.shape or b.dtype != w.dtype or b.device != w.device for b, w in zip(buffers, weights)):
