@@ -174,3 +174,25 @@ def test_sign_step_feedback_equals_its_definition_and_is_not_shared(magnitude):
     public = rule.feedback(net)
     rule.step(net, x, y)  # reuses its buffers; what feedback() returned is the caller's
     assert all(torch.equal(a, b) for a, b in zip(public, expected))
+
+
+def test_stacked_parameter_vjps_of_shared_levels_equal_the_per_level_sum():
+    from bioprop.sweeps import backward_sweep, pool, stacked_groups
+
+    rnn = bioprop.ElmanRNN(input_size=3, hidden_size=5, output_size=4, activation="tanh", bias=True,
+                           dtype=torch.float64, seed=0)
+    x = torch.rand(6, 7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        forward = rnn.forward_pass(x)
+        error = torch.rand(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        assert stacked_groups(forward.levels) == [list(range(7))]  # the time steps; not the readout
+        deltas, per_level = backward_sweep(forward, error)
+        stacked_deltas, stacked = backward_sweep(forward, error, stack_shared=True)
+        expected = pool(rnn, forward.levels, per_level)
+        totals = pool(rnn, forward.levels, stacked)
+        assert all(torch.equal(a, b) for a, b in zip(deltas, stacked_deltas))
+        for a, b in zip(totals, expected):
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+        # the negative control: a time step left out of the sum is seen
+        short = pool(rnn, forward.levels, [[] if index == 3 else changes for index, changes in enumerate(per_level)])
+        assert not torch.allclose(short[1], expected[1], rtol=1e-6, atol=0)

@@ -207,6 +207,9 @@ class Level:
     parameters: list[Tensor]
     rate: RateFunction
     name: str = "level"
+    #: whether parameter_vjp sums over the rows of 2-d (B, n) inputs with nothing but the
+    #: parameters besides, so that levels sharing them may stack their rows (sweeps.stacked_groups)
+    stacks_over_batch: bool = False
 
     def forward(self, r: Tensor, side: Tensor | None = None) -> Tensor:
         raise NotImplementedError
@@ -328,6 +331,7 @@ class ElmanLevel(Level):
     u_t is the sequence's t-th token (clamped)."""
 
     name = "ElmanStep"
+    stacks_over_batch = True  # `first` changes the forward only: r_0 = 0 adds nothing to grad_z^T r
 
     def __init__(self, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None,
                  rate: RateFunction, first: bool):

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .levels import Level
 from .network import ForwardPass, Network
 
 Tensor = torch.Tensor
@@ -31,24 +32,31 @@ def backward_sweep(
     scale: float = 1.0,
     parameters: bool = True,
     input_grads: list | None = None,
+    stack_shared: bool = False,
 ) -> tuple[list[Tensor], list[list[Tensor]]]:
     """(deltas delta_1..delta_L, per-level parameter VJPs) of the sweep in the module docstring.
 
     feedback[l] replaces level l+1's forward weight in its input VJP (None: the weight itself);
     derivative replaces the activations' f'; with parameters=False no parameter VJP is taken;
     input_grads, a list of len(levels), receives A_l^T delta_l at index l-1 (the credit rule's
-    credit, in r_{l-1}'s shape; the top entry is left alone)."""
+    credit, in r_{l-1}'s shape; the top entry is left alone). With stack_shared, levels that read
+    the same parameters (an unrolled RNN's time steps; see `stacked_groups`) take one parameter
+    VJP on their deltas, rates and side inputs stacked along the batch: their sum, as one product
+    per parameter instead of one per level and a sum; it stands at the group's first level and
+    the others' entries are empty (what `pool` adds up is the same, to round-off)."""
     levels = forward.levels
     n = len(levels)
     deltas: list[Tensor] = [None] * n  # type: ignore[list-item]
     changes: list[list[Tensor]] = [[] for _ in range(n)]
     deltas[-1] = output_error
+    grouped = stacked_groups(levels) if (parameters and stack_shared) else []
+    in_group = {index for group in grouped for index in group}
     for index in range(n - 1, -1, -1):
         level = levels[index]
         below = index - 1
         weight = None if feedback is None else feedback[index]
         needs_input = below >= 0
-        if parameters:
+        if parameters and index not in in_group:
             grad_r, changes[index] = level.backward(
                 deltas[index], forward.rates[index], forward.sides[index], input_needed=needs_input, feedback=weight
             )
@@ -59,7 +67,26 @@ def backward_sweep(
                 input_grads[below] = grad_r
             delta = levels[below].rate.vjp(grad_r, forward.contexts[below], derivative)
             deltas[below] = delta if scale == 1.0 else scale * delta
+    for group in grouped:
+        sides = [forward.sides[index] for index in group]
+        changes[group[0]] = levels[group[0]].parameter_vjp(
+            torch.cat([deltas[index] for index in group]),
+            torch.cat([forward.rates[index] for index in group]),
+            None if any(side is None for side in sides) else torch.cat(sides),
+        )
     return deltas, changes
+
+
+def stacked_groups(levels: Sequence[Level]) -> list[list[int]]:
+    """Groups (two or more, indices in order) of levels whose parameter VJPs may be taken at once on
+    inputs stacked along the batch: levels of one kind that stacks (`Level.stacks_over_batch`: its
+    parameter VJP is a sum over rows of (B, n) inputs, with nothing but the parameters besides)
+    reading the same parameter tensors."""
+    groups: dict[tuple, list[int]] = {}
+    for index, level in enumerate(levels):
+        if level.stacks_over_batch:
+            groups.setdefault((type(level), tuple(id(p) for p in level.parameters)), []).append(index)
+    return [group for group in groups.values() if len(group) > 1]
 
 
 def pool(net: Network, levels, per_level: Sequence[Sequence[Tensor] | None],
@@ -86,4 +113,4 @@ def write(net: Network, totals: Sequence[Tensor | None], scale: float) -> None:
         torch._foreach_add_([p for p, _ in written], torch._foreach_mul([t for _, t in written], scale))
 
 
-__all__ = ["backward_sweep", "pool", "write"]
+__all__ = ["backward_sweep", "pool", "stacked_groups", "write"]

@@ -321,7 +321,8 @@ class CreditRule(LearningRule):
             # the fixpoint: one sweep, delta_l = -c_l g(z_l), c_{l-1} = -A_l^T delta_l
             passed_down: list = [None] * len(levels)
             top = output_error if output_gain is None else output_error * output_gain
-            scaled, per_level = backward_sweep(forward, top / batch, derivative=derivative, input_grads=passed_down)
+            scaled, per_level = backward_sweep(forward, top / batch, derivative=derivative, input_grads=passed_down,
+                                               stack_shared=True)
             # the reported deltas and credit are formed when read (passes the size of every level)
             deltas = lambda: [delta * batch for delta in scaled[:-1]] + [top]  # noqa: E731
             credit = lambda: [-grad * batch for grad in passed_down[:-1]] + [-output_error]  # noqa: E731

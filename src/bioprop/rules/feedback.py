@@ -200,7 +200,7 @@ class FeedbackRule(LearningRule):
         for (_, uses), weight in zip(keyed, feedback):
             for index in uses:
                 per_level[index] = weight
-        return backward_sweep(forward, output_error, feedback=per_level)
+        return backward_sweep(forward, output_error, feedback=per_level, stack_shared=True)
 
     def _write(self, parameters: list[Tensor], levels: Sequence[Level], keyed: list, estimates: list[Tensor | None]) -> None:
         written = [(parameter, estimate) for parameter, estimate in zip(parameters, estimates) if estimate is not None]
