@@ -27,7 +27,7 @@ What to do about it is the caller's: the trainer keeps the last good checkpoint 
 
 No host synchronisation per step: the data are checked once (`bioprop.batches.check_data`:
 finite inputs, labels in range) and the steps run inside `bioprop.batches.prechecked()`, so the
-rules skip their per-batch checks and report the loss as a 0-d tensor; the losses and correct
+rules skip their per-batch checks (every step reports its loss as a 0-d tensor); the losses and correct
 counts are summed as tensors. The losses are read back every `divergence_check_every` steps
 (default: every step on the CPU, where reading a computed tensor waits for nothing; every
 DIVERGENCE_CHECK_EVERY steps on an accelerator) and at the epoch's end; the divergence message
