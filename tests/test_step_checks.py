@@ -196,3 +196,22 @@ def test_stacked_parameter_vjps_of_shared_levels_equal_the_per_level_sum():
         # the negative control: a time step left out of the sum is seen
         short = pool(rnn, forward.levels, [[] if index == 3 else changes for index, changes in enumerate(per_level)])
         assert not torch.allclose(short[1], expected[1], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("name", ["mse", "ce"])
+def test_the_oracles_fused_loss_is_the_loss_and_its_gradient(name):
+    from bioprop.losses import get_loss
+    from bioprop.rules.bp import autograd_loss
+
+    generator = torch.Generator().manual_seed(4)
+    output = torch.randn(9, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    target = torch.softmax(torch.randn(9, 5, dtype=torch.float64, generator=generator), dim=-1)
+    loss = get_loss(name)
+    fused = autograd_loss(loss, output, target)
+    (gradient,) = torch.autograd.grad(fused, output)
+    assert math.isclose(float(fused), float(loss(output, target)), rel_tol=1e-14)
+    expected = loss.output_error(output.detach(), target) / output.shape[0]  # dLoss/dz_L of the batch mean
+    assert torch.allclose(gradient, expected, rtol=1e-12, atol=1e-15)
+    # the negative control: torch's own mean reduction of the squared error is another loss
+    (other,) = torch.autograd.grad(torch.nn.functional.mse_loss(output, target), output)
+    assert not torch.allclose(other, expected, rtol=1e-3, atol=0)
