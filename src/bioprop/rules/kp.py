@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import torch
 
+from ..sweeps import scalar
 from .base import check_positive
 from .feedback import FeedbackRule
 
@@ -68,7 +69,7 @@ class KolenPollack(FeedbackRule):
         feedback = [matrix for matrix, (slot, _) in zip(self._drawn, keyed) if estimates[slot] is not None]
         decaying = weights + feedback if self.decay else []
         if decaying:
-            torch._foreach_mul_(decaying, 1.0 - self.lr * self.decay)
+            torch._foreach_mul_(decaying, scalar(1.0 - self.lr * self.decay, decaying[0]))
         written = [(p.data, estimate) for p, estimate in zip(parameters, estimates) if estimate is not None]
         written += [(matrix, levels[uses[0]].to_feedback_layout(estimates[slot]))
                     for matrix, (slot, uses) in zip(self._drawn, keyed) if estimates[slot] is not None]

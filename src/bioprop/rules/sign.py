@@ -36,6 +36,7 @@ import torch
 
 from ..errors import BioPropError
 from ..network import _xavier_gain
+from ..sweeps import scalar
 from .feedback import FeedbackRule, activation_name
 
 MAGNITUDES = ("unit", "random")
@@ -96,7 +97,7 @@ class SignSymmetry(FeedbackRule):
             level = levels[uses[0]]
             torch.sign(weight, out=buffer)
             # level.to_feedback_layout is its own inverse (a transpose or the identity)
-            buffer.mul_(level.to_feedback_layout(magnitude) if scale is None else scale)
+            buffer.mul_(level.to_feedback_layout(magnitude) if scale is None else scalar(scale, buffer))
             feedback.append(level.to_feedback_layout(buffer))
         return feedback
 
