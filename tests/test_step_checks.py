@@ -129,6 +129,14 @@ def test_deferred_checks_clamp_and_report_labels_out_of_range(deferring):
         rule.step(net, x, y)
 
 
+def test_deferred_checks_accept_a_finite_batch_whose_sum_overflows(deferring):
+    net = bioprop.MLP([4, 3], dtype=torch.float32, seed=0)
+    x = torch.full((2, 4), 3e38)
+    rule = bioprop.make_rule("fa", lr=1e-40)
+    for _ in range(5):  # read at the first step and at the 4th after it
+        rule.step(net, x, torch.tensor([0, 1]))
+
+
 def test_check_pending_reads_the_flag_now(deferring):
     net, rule = _net(), bioprop.make_rule("bp", lr=0.1)
     x, y = _batch()

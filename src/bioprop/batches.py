@@ -124,11 +124,12 @@ def check_targets(x: Tensor, y, n_out: int, network: str, dtype: torch.dtype,
     checking = not _PRECHECKED.get()
     device = torch.device(device)
     deferred = checking and DEVICE_CHECKS.deferring(device)
+    flagged = device_key(device) if deferred else None
     labels = y.ndim == 1 and not y.dtype.is_floating_point
     if labels:
         y = y.to(device=device)
         if deferred and y.numel():
-            DEVICE_CHECKS.flag_labels(device, y, n_out)
+            DEVICE_CHECKS.flag_labels(flagged, y, n_out)
             y = y.clamp(0, n_out - 1)  # the flag reports it; a one-hot out of range would be a device assert
         elif checking and y.numel():
             low, high = torch.aminmax(y)
@@ -154,8 +155,8 @@ def check_targets(x: Tensor, y, n_out: int, network: str, dtype: torch.dtype,
     if not checking:
         return x, y
     if deferred:
-        DEVICE_CHECKS.flag_values(device, x, None if labels else y)
-        DEVICE_CHECKS.count_step(device)
+        DEVICE_CHECKS.flag_values(flagged, x, None if labels else y)
+        DEVICE_CHECKS.count_step(flagged)
         return x, y
     if not math.isfinite(_sum_of(x, None if labels else y)):
         # a sum is finite when every entry is, and otherwise NaN or infinite, unless finite
@@ -212,9 +213,11 @@ class DeviceChecks:
         self._or(device, ((labels < 0) | (labels >= n_out)).any().to(torch.int64) * _LABEL_BIT)
 
     def flag_values(self, device: torch.device, x: Tensor, y: Tensor | None) -> None:
-        bits = (~torch.isfinite(x.sum())).to(torch.int64) * _X_BIT
+        # entry by entry (a device pass costs little; what costs is reading it back), so that a
+        # finite batch whose sum overflows is not flagged
+        bits = (~torch.isfinite(x)).any().to(torch.int64) * _X_BIT
         if y is not None:
-            bits = bits + (~torch.isfinite(y.sum())).to(torch.int64) * _Y_BIT
+            bits = bits + (~torch.isfinite(y)).any().to(torch.int64) * _Y_BIT
         self._or(device, bits)
 
     def count_step(self, device: torch.device) -> None:
@@ -227,7 +230,7 @@ class DeviceChecks:
 
     def check(self, device) -> None:
         """Read the flag of `device` (one sync) and raise the BioPropError of what it holds."""
-        device = torch.device(device)
+        device = device_key(device)
         flag = self._flags.pop(device, None)
         unread = self._unread.get(device, 0)
         self._unread[device] = 0
@@ -245,6 +248,14 @@ class DeviceChecks:
 
 
 DEVICE_CHECKS = DeviceChecks()
+
+
+def device_key(device) -> torch.device:
+    """The device as the flags are kept per device: "cuda" is the current CUDA device."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def check_pending(device) -> None:
