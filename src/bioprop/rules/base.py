@@ -149,6 +149,12 @@ class LearningRule:
         return f"{type(self).__name__}({opts})"
 
 
+def reported(result: StepResult) -> StepResult:
+    """The result as `step` returns it: as the rule made it (the loss a detached 0-d tensor on
+    every path). Kept for rules written when the public step turned the loss into a float."""
+    return result
+
+
 def check_positive(name: str, value: float, allow_zero: bool = False) -> float:
     try:
         value = float(value)
