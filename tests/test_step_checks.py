@@ -217,7 +217,7 @@ def test_the_oracles_fused_loss_is_the_loss_and_its_gradient(name):
     loss = get_loss(name)
     fused = autograd_loss(loss, output, target)
     (gradient,) = torch.autograd.grad(fused, output)
-    assert math.isclose(float(fused), float(loss(output, target)), rel_tol=1e-14)
+    assert math.isclose(float(fused.detach()), float(loss(output, target).detach()), rel_tol=1e-14)
     expected = loss.output_error(output.detach(), target) / output.shape[0]  # dLoss/dz_L of the batch mean
     assert torch.allclose(gradient, expected, rtol=1e-12, atol=1e-15)
     # the negative control: torch's own mean reduction of the squared error is another loss
