@@ -67,11 +67,14 @@ class InferenceLearning(LearningRule):
         "ce_teacher": "with loss ce: 'moving' (eps_L = y - softmax(mu_L) follows the prediction) or 'fixed' "
                       "(eps_L held at its feed-forward value, the SPEC's letter)",
         "seed": "seeds the init_noise draws",
+        "compile": "True: the T inference steps through torch.compile (inductor; needs a C++ compiler; equal to "
+                   "round-off, not bit for bit; the first batch of each shape pays the compile); False: the eager "
+                   "loop (default)",
     }
     benchmark_cases = {"il (T=20)": {"n_steps": 20}}
 
     def __init__(self, lr=0.01, loss="mse", gamma=0.1, n_steps=20, init_noise=0.0, ce_teacher="moving", seed=0,
-                 shared_updates="pooled"):
+                 shared_updates="pooled", compile=False):
         super().__init__(lr, loss)
         if ce_teacher not in ("moving", "fixed"):
             raise BioPropError(f"ce_teacher={ce_teacher!r}: choose 'moving' or 'fixed'")
@@ -81,11 +84,15 @@ class InferenceLearning(LearningRule):
         self.init_noise = check_positive("init_noise", init_noise, allow_zero=True)
         self.shared_updates = check_shared_updates(shared_updates)
         self.seed = seed
+        if not isinstance(compile, bool):
+            raise BioPropError(f"compile={compile!r}: give True or False")
+        self.compile = compile
         self._noise = torch.Generator().manual_seed(seed)
 
     def options(self):
         return {**super().options(), "gamma": self.gamma, "n_steps": self.n_steps, "init_noise": self.init_noise,
-                "ce_teacher": self.ce_teacher, "seed": self.seed, "shared_updates": self.shared_updates}
+                "ce_teacher": self.ce_teacher, "seed": self.seed, "shared_updates": self.shared_updates,
+                "compile": self.compile}
 
     def state_dict(self):
         return noise_state(self._noise)
@@ -102,6 +109,6 @@ class InferenceLearning(LearningRule):
         presented = present(
             net, x, y, self.loss, gamma=self.gamma, n_steps=t_c + 1, lr=self.lr, gate=update_at_t_c,
             shared_updates=self.shared_updates, init_noise=self.init_noise, noise=self._noise, record=trace,
-            fixed_error=self.ce_teacher == "fixed",
+            fixed_error=self.ce_teacher == "fixed", held_until=t_c, compile=self.compile,
         )
         return ILResult(presented.loss, presented.output, presented.trace, n_inference_steps=t_c)
