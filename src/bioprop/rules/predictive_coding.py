@@ -282,9 +282,8 @@ class Relaxation:
 
     def __init__(self, state: PCState, teacher, gamma: float, input_prediction: Tensor):
         self.state, self.teacher, self.gamma = state, teacher, gamma
-        levels, anchors, offsets = state.levels, state.anchors, state.offsets
-        n_levels = len(levels)
-        self.n_hidden = n_hidden = n_levels - 1
+        anchors = state.anchors
+        self.n_hidden = n_hidden = len(state.levels) - 1
         self.values = [torch.empty_like(a) for a in anchors[:-1]]  # x_l = anchor_l + offset_l
         self.rates: list = [state.input_rates] + [None] * n_hidden  # r_0 .. r_{L-1}
         self.contexts: list = [None] * n_hidden
