@@ -367,6 +367,9 @@ class Relaxation:
 
     def _inference_closures(self):
         state, errors, gamma = self.state, self.errors, self.gamma
+        # gamma as a 0-d CPU tensor of the nodes' dtype: the kernel reads it as the scalar it reads
+        # from a Python float (rounded to the dtype once either way), without converting it per call
+        gamma_scalar = torch.tensor(gamma, dtype=state.anchors[0].dtype)
         closures = []
         for i in range(self.n_hidden):
             above, offset, change = state.levels[i + 1], state.offsets[i], self.changes[i]
@@ -378,12 +381,12 @@ class Relaxation:
                             change=change, offset=offset, i=i, backward=kernels[1]):
                     torch.mm(errors[i + 1], weight, out=feedback)  # A_{l+1}^T eps_{l+1}
                     backward(feedback, rate, grad_input=change)  # G_l^T feedback
-                    change.sub_(errors[i]).mul_(gamma)
+                    change.sub_(errors[i]).mul_(gamma_scalar)
                     offset.add_(change)
             elif kernels is not None:
                 def closure(above=above, rate=self.rates[i + 1], change=change, offset=offset, i=i, backward=kernels[1]):
                     backward(above.input_vjp(errors[i + 1], rate), rate, grad_input=change)
-                    change.sub_(errors[i]).mul_(gamma)
+                    change.sub_(errors[i]).mul_(gamma_scalar)
                     offset.add_(change)
             else:
                 def closure(above=above, rate_function=state.levels[i].rate, offset=offset, i=i):
