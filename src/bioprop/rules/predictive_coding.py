@@ -62,6 +62,12 @@ Fa-Z-IL's batch_plasticity says; see `write_schedule`.
 Ordering within one time step t: errors are computed from the state at t; the parameter changes
 of step t and the value-node changes of step t are both computed from that same state; then
 both are applied. So inference from t to t+1 uses the weights as they were at t.
+
+Steps where no level learns (IL before t_c: `simulate(..., held_until=t_c)`) change only the
+value nodes, with the weights held: they run as a `Relaxation` (the same operations as the
+loop of `advance`, in buffers made once per presentation: the same numbers, bit for bit), or
+with compile=True as a `CompiledRelaxation` (the steps as one torch.compile graph; equal to
+round-off).
 """
 from __future__ import annotations
 
