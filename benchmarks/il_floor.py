@@ -19,7 +19,10 @@ from torch import nn
 import bioprop
 from bioprop.batches import prechecked
 
-CASES = {"784-128-128-10, batch 128": ([784, 128, 128, 10], 128), "784-256-256-256-10, batch 64": ([784, 256, 256, 256, 10], 64)}
+CASES = {
+    "784-128-128-10, batch 128": ([784, 128, 128, 10], 128),
+    "784-256-256-256-10, batch 64": ([784, 256, 256, 256, 10], 64),
+}
 
 
 def product_floor(sizes, batch, n_steps):

@@ -122,7 +122,8 @@ def test_wrapped_relaxation_is_the_plain_loop_bit_for_bit(dtype, make, shape):
     net = make(dtype)
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(5, *shape, generator=generator, dtype=dtype)
-    for loss, y in [("mse", torch.randn(5, 3, generator=generator, dtype=dtype)), ("ce", torch.tensor([0, 2, 1, 1, 0]))]:
+    targets = torch.randn(5, 3, generator=generator, dtype=dtype)
+    for loss, y in [("mse", targets), ("ce", torch.tensor([0, 2, 1, 1, 0]))]:
         assert same_bits(*run_both(net, x, y, dtype=dtype, loss=loss))
 
 
@@ -183,7 +184,7 @@ def test_compile_option_is_checked_and_a_failing_backend_is_named(monkeypatch):
 
     monkeypatch.setattr(predictive_coding, "_compiled_held_steps", no_compiler)
     net, x, y = mlp_batch("sigmoid", torch.float64)
-    with pytest.raises(BioPropError, match="compile=True: torch.compile failed.*No working C.. compiler.*compile=False"):
+    with pytest.raises(BioPropError, match="compile=True: torch.compile failed.*No working C.. compiler.*=False"):
         bioprop.make_rule("il", compile=True).step(net, x, y)
 
 
@@ -204,6 +205,7 @@ def test_compiled_loop_equals_eager_to_round_off(make, shape):
         eager_rule.step(eager, x, y)
     moved = max(float((a - b).detach().norm() / b.detach().norm())
                 for a, b in zip(eager.parameters_list(), make(torch.float64).parameters_list()))
-    gap = max(float((a - b).detach().norm() / b.detach().norm()) for a, b in zip(net.parameters_list(), eager.parameters_list()))
+    gap = max(float((a - b).detach().norm() / b.detach().norm())
+              for a, b in zip(net.parameters_list(), eager.parameters_list()))
     assert moved > 1e-4  # the weights did move: the check compares two trainings, not two copies
     assert gap <= 1e-12

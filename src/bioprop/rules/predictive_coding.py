@@ -390,7 +390,8 @@ class Relaxation:
                     change.sub_(errors[i]).mul_(gamma_scalar)
                     offset.add_(change)
             elif kernels is not None:
-                def closure(above=above, rate=self.rates[i + 1], change=change, offset=offset, i=i, backward=kernels[1]):
+                def closure(above=above, rate=self.rates[i + 1], change=change, offset=offset, i=i,
+                            backward=kernels[1]):
                     backward(above.input_vjp(errors[i + 1], rate), rate, grad_input=change)
                     change.sub_(errors[i]).mul_(gamma_scalar)
                     offset.add_(change)
@@ -764,8 +765,9 @@ def load_noise_state(generator: torch.Generator, state: dict) -> None:
 
 
 __all__ = [
-    "CompiledRelaxation", "DynamicsResult", "ErrorClamp", "FreeOutput", "LossTeacher", "PCState", "Plasticity", "Presented", "ReadByKey",
-    "SHARED_UPDATES", "TraceEntry", "ValueClamp", "advance", "clamp_output", "errors_of", "feedforward_state",
-    "inference_step", "make_teacher", "noisy_start", "held_step", "held_steps", "predictions_of", "present", "rates_and_contexts", "rates_of", "Relaxation",
-    "shares_slot", "simulate", "state_at", "write_schedule",
+    "CompiledRelaxation", "DynamicsResult", "ErrorClamp", "FreeOutput", "LossTeacher", "PCState", "Plasticity",
+    "Presented", "ReadByKey", "Relaxation", "SHARED_UPDATES", "TraceEntry", "ValueClamp", "advance", "clamp_output",
+    "errors_of", "feedforward_state", "held_step", "held_steps", "inference_step", "make_teacher", "noisy_start",
+    "predictions_of", "present", "rates_and_contexts", "rates_of", "shares_slot", "simulate", "state_at",
+    "write_schedule",
 ]
