@@ -8,9 +8,9 @@ RNN, in float64 and float32, with MSE, the moving and the fixed cross-entropy te
 starts. The negative control moves gamma by one ulp: the bitwise comparison sees it.
 
 The compiled loop is not bit for bit (inductor's fused kernels evaluate sigmoid and tanh with
-their own vectorised exp): it is held to 1e-12 relative in float64. Its tests compile (about
-30-40 s per network on our 2 shared cores, more than a unit test may take), so they run only
-with BIOPROP_COMPILE_TESTS=1.
+their own vectorised exp): it is held to 1e-12 relative in float64. Its tests compile (33-36 s
+per network on our 2 shared cores with inductor's on-disk cache cold, 3-9 s warm: more than a
+unit test may take), so they run only with BIOPROP_COMPILE_TESTS=1.
 """
 import math
 import os
@@ -30,7 +30,7 @@ from bioprop.rules.predictive_coding import (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 compile_tests = pytest.mark.skipif(os.environ.get("BIOPROP_COMPILE_TESTS") != "1",
-                                   reason="torch.compile takes 30-40 s per network here: BIOPROP_COMPILE_TESTS=1")
+                                   reason="torch.compile takes 30-40 s per network here (cold cache): BIOPROP_COMPILE_TESTS=1")
 
 
 def plain_loop(net, x, targets, loss, *, gamma, n_steps, lr, init_noise=0.0, seed=0, fixed_error=False):
