@@ -26,16 +26,21 @@ for the feedback (levels 2..L); and at t_c one parameter VJP per level. On 784-1
 (per sample, in multiply-adds) that is 118,016 + 20 x 35,328 + 118,016 = 942,592 against BP's
 118,016 + 17,664 + 118,016 = 253,696: IL's floor is 3.7x BP's products per batch (the
 input level's 100,352, most of the work, enters twice, not T times). `predictive_coding.simulate`
-runs at that floor: no product is computed twice, the value nodes move in place (the same
-numbers as the plain loop, bit for bit; tests/test_il_floor.py). What is left above the floor
-is per-operation dispatch on small matrices; the measured ms per step (docs/rules.md, "IL's
-cost floor") say how much.
+runs at that floor: no product is computed twice. The T inference steps before t_c, where no
+level learns, run as a `predictive_coding.Relaxation`: buffers made once per presentation, the
+products and the sigmoid/tanh kernels written into them (out=), one flat list of small closures
+per step; the same numbers as the plain loop, bit for bit (tests/test_il_floor.py,
+tests/test_il_fast.py). compile=True runs them through torch.compile instead (one graph for the
+T steps; equal to round-off). docs/rules.md, "IL's cost floor", has the measured ms per step
+and seconds per epoch against PCX.
 
 Options: gamma (0.1), n_steps = T (20), init_noise (std of Gaussian noise added to the hidden
 value nodes at t = 0; 0 = start at the prediction fixpoint), seed (for that noise; its
 generator is in state_dict()), ce_teacher ("moving": eps_L = y - softmax(mu_L) follows the
 prediction, our default; "fixed": eps_L held at its feed-forward value, the SPEC's letter, whose
-energy is unbounded below; see docs/rules.md), shared_updates.
+energy is unbounded below; see docs/rules.md), shared_updates, compile (False: the eager
+Relaxation; True: torch.compile, which needs a C++ compiler: a failing backend is a BioPropError
+naming compile=False, not a silent fallback; each batch shape compiles once, about 30-40 s here).
 """
 from __future__ import annotations
 
@@ -67,11 +72,14 @@ class InferenceLearning(LearningRule):
         "ce_teacher": "with loss ce: 'moving' (eps_L = y - softmax(mu_L) follows the prediction) or 'fixed' "
                       "(eps_L held at its feed-forward value, the SPEC's letter)",
         "seed": "seeds the init_noise draws",
+        "compile": "True: the T inference steps through torch.compile (inductor; needs a C++ compiler; equal to "
+                   "round-off, not bit for bit; the first batch of each shape pays the compile); False: the eager "
+                   "loop (default)",
     }
     benchmark_cases = {"il (T=20)": {"n_steps": 20}}
 
     def __init__(self, lr=0.01, loss="mse", gamma=0.1, n_steps=20, init_noise=0.0, ce_teacher="moving", seed=0,
-                 shared_updates="pooled"):
+                 shared_updates="pooled", compile=False):
         super().__init__(lr, loss)
         if ce_teacher not in ("moving", "fixed"):
             raise BioPropError(f"ce_teacher={ce_teacher!r}: choose 'moving' or 'fixed'")
@@ -81,11 +89,15 @@ class InferenceLearning(LearningRule):
         self.init_noise = check_positive("init_noise", init_noise, allow_zero=True)
         self.shared_updates = check_shared_updates(shared_updates)
         self.seed = seed
+        if not isinstance(compile, bool):
+            raise BioPropError(f"compile={compile!r}: give True or False")
+        self.compile = compile
         self._noise = torch.Generator().manual_seed(seed)
 
     def options(self):
         return {**super().options(), "gamma": self.gamma, "n_steps": self.n_steps, "init_noise": self.init_noise,
-                "ce_teacher": self.ce_teacher, "seed": self.seed, "shared_updates": self.shared_updates}
+                "ce_teacher": self.ce_teacher, "seed": self.seed, "shared_updates": self.shared_updates,
+                "compile": self.compile}
 
     def state_dict(self):
         return noise_state(self._noise)
@@ -102,6 +114,6 @@ class InferenceLearning(LearningRule):
         presented = present(
             net, x, y, self.loss, gamma=self.gamma, n_steps=t_c + 1, lr=self.lr, gate=update_at_t_c,
             shared_updates=self.shared_updates, init_noise=self.init_noise, noise=self._noise, record=trace,
-            fixed_error=self.ce_teacher == "fixed",
+            fixed_error=self.ce_teacher == "fixed", held_until=t_c, compile=self.compile,
         )
         return ILResult(presented.loss, presented.output, presented.trace, n_inference_steps=t_c)

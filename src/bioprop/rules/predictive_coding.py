@@ -62,6 +62,12 @@ Fa-Z-IL's batch_plasticity says; see `write_schedule`.
 Ordering within one time step t: errors are computed from the state at t; the parameter changes
 of step t and the value-node changes of step t are both computed from that same state; then
 both are applied. So inference from t to t+1 uses the weights as they were at t.
+
+Steps where no level learns (IL before t_c: `simulate(..., held_until=t_c)`) change only the
+value nodes, with the weights held: they run as a `Relaxation` (the same operations as the
+loop of `advance`, in buffers made once per presentation: the same numbers, bit for bit), or
+with compile=True as a `CompiledRelaxation` (the steps as one torch.compile graph; equal to
+round-off).
 """
 from __future__ import annotations
 
@@ -71,7 +77,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import BioPropError
-from ..levels import Level, RateContext
+from ..levels import Level, LinearLevel, RateContext
 from ..network import Network
 from ..sweeps import pool, write
 from .base import StepResult
@@ -240,6 +246,253 @@ def inference_step(state: PCState, rates: list[Tensor], contexts: list[RateConte
     return state.with_offsets(offsets)
 
 
+# -- the inference loop at its floor: steps with the weights held ------------------------------
+#: elementwise activations whose forward and output-form backward have aten out= variants: the
+#: same kernels `ActivationOp` calls (`torch.sigmoid` and `Activation.backward_from_output`)
+_OUT_KERNELS = {
+    torch.sigmoid: (torch.sigmoid, torch.ops.aten.sigmoid_backward.grad_input),
+    torch.tanh: (torch.tanh, torch.ops.aten.tanh_backward.grad_input),
+}
+
+
+def _out_kernels(level: Level):
+    """(forward, backward) out= kernels for a level whose rate function is one sigmoid or tanh, else None."""
+    activation = level.rate.activation
+    if activation is None or activation.backward_from_output is None:
+        return None
+    return _OUT_KERNELS.get(activation.f)
+
+
+def _linear_weight(level: Level, r: Tensor):
+    """A plain Linear level on a (B, n) rate: (W, b) for addmm / mm into a buffer, else None."""
+    if type(level) is LinearLevel and r.dim() == 2:
+        return level.weight, level.bias
+    return None
+
+
+class Relaxation:
+    """Inference steps t = 0 .. n-1 with the weights held (no level learns at these steps: IL
+    before t_c), the same numbers as the loop of `advance` bit for bit, at the floor of
+    dispatch the eager mode allows.
+
+    Everything that does not change between steps is decided once per presentation: which
+    levels are plain Linear maps on (B, n) rates (their predictions are `addmm(b, r, W^T)` and
+    their feedback `mm(eps, W)`, the kernels `F.linear` and `@` dispatch to, written into
+    buffers), which rate functions are one sigmoid or tanh (forward and output-form backward
+    into buffers, the kernels `ActivationOp` calls), and the input level's (anchor_1 - mu_1):
+    mu_1 is fixed while no weight is written, so eps_1 = (anchor_1 - mu_1) + offset_1 costs one
+    addition per step. Every other level goes through the level interface (`forward`,
+    `input_vjp`, `rate.forward`, `rate.vjp`), allocating as the plain loop does. The offsets
+    are moved in place: the caller owns them and keeps no earlier state. Each step runs a flat
+    list of small closures built here, so no list of levels is rebuilt per step."""
+
+    def __init__(self, state: PCState, teacher, gamma: float, input_prediction: Tensor):
+        self.state, self.teacher, self.gamma = state, teacher, gamma
+        anchors = state.anchors
+        self.n_hidden = n_hidden = len(state.levels) - 1
+        self.values = [torch.empty_like(a) for a in anchors[:-1]]  # x_l = anchor_l + offset_l
+        self.rates: list = [state.input_rates] + [None] * n_hidden  # r_0 .. r_{L-1}
+        self.contexts: list = [None] * n_hidden
+        self.predictions: list = [input_prediction] + [None] * n_hidden  # mu_1 .. mu_L
+        self.errors = [torch.empty_like(a) for a in anchors]  # eps_1 .. eps_L
+        self.changes = [torch.empty_like(a) for a in anchors[:-1]]
+        self.input_error = anchors[0] - input_prediction  # (anchor_1 - mu_1), fixed while no weight is written
+        self.steps = self._rate_closures() + self._prediction_closures() + self._error_closures() \
+            + self._inference_closures()
+
+    # each closure reads the lists at call time: a level that allocates replaces its entry
+    def _rate_closures(self):
+        closures = []
+        state = self.state
+        for i in range(self.n_hidden):
+            anchor, offset, value, level = state.anchors[i], state.offsets[i], self.values[i], state.levels[i]
+            kernels = _out_kernels(level)
+            if kernels is not None:
+                rate = torch.empty_like(anchor)
+                self.rates[i + 1] = rate
+
+                def closure(anchor=anchor, offset=offset, value=value, rate=rate, forward=kernels[0]):
+                    torch.add(anchor, offset, out=value)
+                    forward(value, out=rate)
+            else:
+                def closure(anchor=anchor, offset=offset, value=value, rate_function=level.rate, i=i):
+                    torch.add(anchor, offset, out=value)
+                    self.rates[i + 1], self.contexts[i] = rate_function.forward(value)
+            closures.append(closure)
+        return closures
+
+    def _prediction_closures(self):
+        closures = []
+        state = self.state
+        for i in range(1, self.n_hidden + 1):
+            level, side = state.levels[i], state.sides[i]
+            linear = _linear_weight(level, state.anchors[i - 1]) if _out_kernels(state.levels[i - 1]) else None
+            if linear is not None:
+                weight, bias = linear
+                prediction = torch.empty_like(state.anchors[i])
+                self.predictions[i] = prediction
+                rate = self.rates[i]
+                if bias is None:  # W^T: a view, made once (the weights are held)
+                    def closure(rate=rate, weight_t=weight.t(), prediction=prediction):
+                        torch.mm(rate, weight_t, out=prediction)
+                else:
+                    def closure(rate=rate, weight_t=weight.t(), bias=bias, prediction=prediction):
+                        torch.addmm(bias, rate, weight_t, out=prediction)
+            else:
+                def closure(level=level, side=side, i=i):
+                    self.predictions[i] = level.forward(self.rates[i], side)
+            closures.append(closure)
+        return closures
+
+    def _error_closures(self):
+        state, errors, predictions = self.state, self.errors, self.predictions
+        closures = []
+
+        def input_error(error=errors[0], constant=self.input_error, offset=state.offsets[0]):
+            torch.add(constant, offset, out=error)  # (anchor_1 - mu_1) + offset_1
+
+        closures.append(input_error)
+        last = self.n_hidden
+        for i in range(1, last + 1):
+            if i == last and not isinstance(self.teacher, FreeOutput):
+                continue
+            def closure(anchor=state.anchors[i], offset=state.offsets[i], error=errors[i], i=i):
+                torch.sub(anchor, predictions[i], out=error)
+                error.add_(offset)
+            closures.append(closure)
+        teacher = self.teacher
+        if isinstance(teacher, ValueClamp):
+            def closure(target=teacher.target, error=errors[last]):
+                torch.sub(target, predictions[last], out=error)
+            closures.append(closure)
+        elif not isinstance(teacher, FreeOutput):
+            def closure(anchor=state.anchors[last], offset=state.offsets[last]):
+                errors[last] = teacher.output_error(anchor + offset, predictions[last])
+            closures.append(closure)
+        return closures
+
+    def _inference_closures(self):
+        state, errors, gamma = self.state, self.errors, self.gamma
+        # gamma as a 0-d CPU tensor of the nodes' dtype: the kernel reads it as the scalar it reads
+        # from a Python float (rounded to the dtype once either way), without converting it per call
+        gamma_scalar = torch.tensor(gamma, dtype=state.anchors[0].dtype)
+        closures = []
+        for i in range(self.n_hidden):
+            above, offset, change = state.levels[i + 1], state.offsets[i], self.changes[i]
+            kernels = _out_kernels(state.levels[i])
+            linear = _linear_weight(above, state.anchors[i]) if kernels is not None else None
+            if linear is not None:
+                # gamma * (G^T feedback - eps), rounded as `inference_step` rounds it
+                def closure(weight=linear[0], feedback=torch.empty_like(state.anchors[i]), rate=self.rates[i + 1],
+                            change=change, offset=offset, i=i, backward=kernels[1]):
+                    torch.mm(errors[i + 1], weight, out=feedback)  # A_{l+1}^T eps_{l+1}
+                    backward(feedback, rate, grad_input=change)  # G_l^T feedback
+                    change.sub_(errors[i]).mul_(gamma_scalar)
+                    offset.add_(change)
+            elif kernels is not None:
+                def closure(above=above, rate=self.rates[i + 1], change=change, offset=offset, i=i,
+                            backward=kernels[1]):
+                    backward(above.input_vjp(errors[i + 1], rate), rate, grad_input=change)
+                    change.sub_(errors[i]).mul_(gamma_scalar)
+                    offset.add_(change)
+            else:
+                def closure(above=above, rate_function=state.levels[i].rate, offset=offset, i=i):
+                    feedback = above.input_vjp(errors[i + 1], self.rates[i + 1])
+                    offset.add_((rate_function.vjp(feedback, self.contexts[i]) - errors[i]).mul_(gamma))
+            closures.append(closure)
+        if isinstance(self.teacher, FreeOutput):
+            def closure(offset=state.offsets[-1], error=errors[-1], change=torch.empty_like(state.anchors[-1])):
+                torch.mul(error, gamma, out=change)
+                offset.sub_(change)
+            closures.append(closure)
+        return closures
+
+    def run(self, n_steps: int, first_predictions: list[Tensor] | None = None) -> PCState:
+        """n_steps inference steps; the state after them (its offsets moved in place).
+        `first_predictions`: mu_1 .. mu_L at t = 0 (the forward pass's z_l), so the first step
+        computes no prediction."""
+        start = 0
+        if first_predictions is not None and n_steps > 0:
+            saved = list(self.predictions)
+            self.predictions[:] = first_predictions
+            self._step_with_given_predictions()
+            self.predictions[:] = saved
+            start = 1
+        for _ in range(start, n_steps):
+            for closure in self.steps:
+                closure()
+        return self.state
+
+    def _step_with_given_predictions(self):
+        # the error closures read `self.predictions` by entry; the buffered predictions are
+        # written by the prediction closures only, which this step skips
+        n_rate = self.n_hidden
+        n_prediction = self.n_hidden
+        for closure in self.steps[:n_rate] + self.steps[n_rate + n_prediction:]:
+            closure()
+
+
+def held_step(state: PCState, teacher, input_prediction: Tensor, gamma: float, output_free: bool) -> list[Tensor]:
+    """One inference step with the weights held, as a function of the state (new offsets out):
+    the same operations as `advance` at a step where no level learns."""
+    rates, contexts = rates_and_contexts(state)
+    above_input = zip(state.levels[1:], rates[1:], state.sides[1:])
+    predictions = [input_prediction] + [level.forward(r, side) for level, r, side in above_input]
+    errors = errors_of(state, predictions, teacher)
+    return inference_step(state, rates, contexts, errors, gamma, output_free).offsets
+
+
+def held_steps(state: PCState, teacher, input_prediction: Tensor, gamma: float, output_free: bool,
+               n_steps: int) -> list[Tensor]:
+    """n_steps of `held_step`: what torch.compile traces for CompiledRelaxation (the loop
+    unrolled into one graph: one call, one guard check per presentation)."""
+    offsets = state.offsets
+    for _ in range(n_steps):
+        offsets = held_step(state.with_offsets(offsets), teacher, input_prediction, gamma, output_free)
+    return offsets
+
+
+_compiled_held_steps = None
+
+
+def compiled_held_steps():
+    """`held_steps` through torch.compile, built on first use and kept for the process; each
+    network, batch shape, dtype, gamma and number of steps compiles once."""
+    global _compiled_held_steps
+    if _compiled_held_steps is None:
+        if not hasattr(torch, "compile"):
+            raise BioPropError("compile=True: this torch has no torch.compile; use compile=False")
+        _compiled_held_steps = torch.compile(held_steps, dynamic=False)
+    return _compiled_held_steps
+
+
+class CompiledRelaxation:
+    """Relaxation's steps through torch.compile: all n steps one compiled graph (inductor fuses
+    each level's elementwise chain into one kernel around the products; one call and one guard
+    check per presentation, where a graph per step spent more on them than it saved). Not bit
+    for bit: the fused kernels evaluate sigmoid/tanh with their own vectorised exp, equal to
+    float round-off (tests/test_il_fast.py). The first presentation of each batch shape pays the
+    compile."""
+
+    def __init__(self, state: PCState, teacher, gamma: float, input_prediction: Tensor):
+        self.state, self.teacher, self.gamma, self.input_prediction = state, teacher, gamma, input_prediction
+        self.output_free = isinstance(teacher, FreeOutput)
+
+    def run(self, n_steps: int, first_predictions: list[Tensor] | None = None) -> PCState:
+        """n_steps inference steps; the state after them (new offsets; the t = 0 predictions
+        are recomputed: the graph is the same for every step)."""
+        steps = compiled_held_steps()
+        try:
+            offsets = steps(self.state, self.teacher, self.input_prediction, self.gamma, self.output_free, n_steps)
+        except Exception as error:  # the backend failed: no C++ compiler, an operation it cannot trace
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            raise BioPropError(
+                f"compile=True: torch.compile failed on this network ({type(error).__name__}: {first_line}); "
+                "use compile=False (the eager loop, the default), or install a C++ compiler for inductor"
+            ) from error
+        return self.state.with_offsets(offsets)
+
+
 #: A plasticity gate for one time step: given (t, errors, predictions), a list with one entry
 #: per level: None (no update at this step), 1.0 (ungated), or a tensor of the level's shape of
 #: per-neuron gates.
@@ -365,6 +618,8 @@ def simulate(
     gate: PlasticityGate,
     record: bool = False,
     first_predictions: list[Tensor] | None = None,
+    held_until: int = 0,
+    compile: bool = False,
 ) -> DynamicsResult:
     """Run t = 0 .. n_steps-1 of inference with plasticity, updating the net in place.
 
@@ -373,6 +628,11 @@ def simulate(
     are written after the last step. `first_predictions`: mu_1 .. mu_L of `state` under the
     current weights, when the caller has them (`present`: the forward pass's z_l, the state
     being the feed-forward state); otherwise they are computed.
+
+    `held_until`: the caller's promise that `gate` turns every level off, with no side effect,
+    at every t < held_until (IL before t_c). Without a trace those steps run as one
+    `Relaxation` (the same numbers, bit for bit, fewer operations), or with compile=True as a
+    `CompiledRelaxation` (torch.compile; equal to round-off).
     """
     output_free = isinstance(teacher, FreeOutput)
     if isinstance(teacher, ValueClamp):
@@ -390,7 +650,11 @@ def simulate(
         input_prediction = input_level.forward(state.input_rates, state.sides[0])
     else:
         input_prediction = first_predictions[0]
-    for t in range(n_steps):
+    start = min(held_until, n_steps - 1) if in_place else 0
+    if start > 0:
+        relaxation = CompiledRelaxation if compile else Relaxation
+        state = relaxation(state, teacher, gamma, input_prediction).run(start, first_predictions)
+    for t in range(start, n_steps):
         before = state
         if plasticity.input_level_written:
             input_prediction = input_level.forward(state.input_rates, state.sides[0])
@@ -445,10 +709,13 @@ def present(
     noise: torch.Generator | None = None,
     record: bool = False,
     fixed_error: bool = False,
+    held_until: int = 0,
+    compile: bool = False,
 ) -> Presented:
     """One training pair (batch) for a PCN rule: start at the feed-forward pass (plus noise
     when C1 is broken on purpose), put the teacher on, run `simulate`; changes are written as
-    `write_schedule(net, levels, shared_updates, unshared_at_once)` says.
+    `write_schedule(net, levels, shared_updates, unshared_at_once)` says. `held_until`,
+    `compile`: see `simulate`.
     """
     state = feedforward_state(net, x)
     output = state.anchors[-1] + state.offsets[-1]
@@ -460,7 +727,7 @@ def present(
     first_predictions = list(state.anchors) if init_noise == 0 else None
     state = noisy_start(state, init_noise, noise)
     result = simulate(state, teacher, plasticity, gamma=gamma, n_steps=n_steps, gate=gate, record=record,
-                      first_predictions=first_predictions)
+                      first_predictions=first_predictions, held_until=held_until, compile=compile)
     # the loss stays a 0-d tensor: reading it is the caller's host synchronisation, not the step's
     return Presented(loss(output, y).detach(), output, result.trace if record else None)
 
@@ -498,8 +765,9 @@ def load_noise_state(generator: torch.Generator, state: dict) -> None:
 
 
 __all__ = [
-    "DynamicsResult", "ErrorClamp", "FreeOutput", "LossTeacher", "PCState", "Plasticity", "Presented", "ReadByKey",
-    "SHARED_UPDATES", "TraceEntry", "ValueClamp", "advance", "clamp_output", "errors_of", "feedforward_state",
-    "inference_step", "make_teacher", "noisy_start", "predictions_of", "present", "rates_and_contexts", "rates_of",
-    "shares_slot", "simulate", "state_at", "write_schedule",
+    "CompiledRelaxation", "DynamicsResult", "ErrorClamp", "FreeOutput", "LossTeacher", "PCState", "Plasticity",
+    "Presented", "ReadByKey", "Relaxation", "SHARED_UPDATES", "TraceEntry", "ValueClamp", "advance", "clamp_output",
+    "errors_of", "feedforward_state", "held_step", "held_steps", "inference_step", "make_teacher", "noisy_start",
+    "predictions_of", "present", "rates_and_contexts", "rates_of", "shares_slot", "simulate", "state_at",
+    "write_schedule",
 ]
