@@ -223,3 +223,16 @@ def test_the_oracles_fused_loss_is_the_loss_and_its_gradient(name):
     # the negative control: torch's own mean reduction of the squared error is another loss
     (other,) = torch.autograd.grad(torch.nn.functional.mse_loss(output, target), output)
     assert not torch.allclose(other, expected, rtol=1e-3, atol=0)
+
+
+def test_flags_still_unread_at_exit_are_reported(deferring, capsys):
+    net, rule = _net(), bioprop.make_rule("bp", lr=0.1)
+    x, y = _batch()
+    rule.step(net, x, y)  # the first step: read, clean
+    bad = x.clone()
+    bad[0, 0] = math.nan
+    rule.step(net, bad, y)  # flagged, and the program would end before the next read
+    batches._unread_at_exit()
+    assert "x: contains NaN or infinite values" in capsys.readouterr().err
+    batches._unread_at_exit()  # read and cleared: nothing more to say
+    assert capsys.readouterr().err == ""

@@ -21,10 +21,12 @@ an accelerator at every step. Where they run:
   `CHECK_INTERVAL` steps, and raises the same BioPropError, naming the input and how many steps
   back the bad batch may lie (the parameters may already hold its NaNs). Labels out of range are
   clamped into range for the one-hot (so no device assert fires) and flagged.
-  `check_pending(device)` reads the flag now.
+  `check_pending(device)` reads the flag now; a flag still unread when the program exits is read
+  then and reported on stderr (an exception at exit would be lost).
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import contextvars
 import math
@@ -248,6 +250,21 @@ class DeviceChecks:
 
 
 DEVICE_CHECKS = DeviceChecks()
+
+
+def _unread_at_exit() -> None:
+    """Batches flagged after the last read would otherwise go unreported when a program ends
+    within CHECK_INTERVAL steps of it: read every device's flag once at exit and warn."""
+    for device in list(DEVICE_CHECKS._flags):
+        try:
+            DEVICE_CHECKS.check(device)
+        except BioPropError as error:
+            print(f"bioprop: warning: {error}", file=sys.stderr)
+        except Exception:  # noqa: BLE001 -- the device may be gone at exit; nothing left to report then
+            pass
+
+
+atexit.register(_unread_at_exit)
 
 
 def device_key(device) -> torch.device:
