@@ -103,25 +103,25 @@ def _per_parameter(net: Network, weights: Sequence[Tensor], estimates: Sequence[
     return [slot.get(id(p)) for p in net.parameters_list()]
 
 
-def _delta_cross(hb: Tensor, eps: Tensor, teaching: Tensor) -> Tensor:
+def _delta_target(eps: Tensor, teaching: Tensor) -> Tensor:
     """The SPEC's rule: the delta rule of V̄ (target eps, prediction a = V̄ hb), shared with V."""
-    return hb.T @ (eps - teaching)
+    return eps - teaching
 
 
-def _hebbian_cross(hb: Tensor, eps: Tensor, teaching: Tensor) -> Tensor:
-    return hb.T @ eps
+def _hebbian_target(eps: Tensor, teaching: Tensor) -> Tensor:
+    return eps
 
 
-def _anti_hebbian_cross(hb: Tensor, eps: Tensor, teaching: Tensor) -> Tensor:
-    return -(hb.T @ eps)
+def _anti_hebbian_target(eps: Tensor, teaching: Tensor) -> Tensor:
+    return -eps
 
 
-#: name -> (batch-summed increment X of shape (m, n), normalised by rho?)
-CROSS_RULES: dict[str, tuple[Callable[[Tensor, Tensor, Tensor], Tensor], bool]] = {
-    "delta": (_delta_cross, True),
-    "delta_raw": (_delta_cross, False),
-    "hebbian": (_hebbian_cross, True),
-    "anti_hebbian": (_anti_hebbian_cross, True),
+#: name -> (the (B, n_l) factor P(eps, a) of the increment X = hbᵀ P summed over the batch, normalised by rho?)
+CROSS_RULES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], bool]] = {
+    "delta": (_delta_target, True),
+    "delta_raw": (_delta_target, False),
+    "hebbian": (_hebbian_target, True),
+    "anti_hebbian": (_anti_hebbian_target, True),
 }
 
 
@@ -251,10 +251,13 @@ class FourSynapseCircuit(LearningRule):
         if self.kappa >= 1:
             raise BioPropError(f"kappa={kappa!r}: the decay per step must be < 1 (typically 1e-4)")
         self.plastic = _parse_plastic(plastic)
+        # a named rule gives the factor P of X = hbᵀ P (the step fuses X into V's and V̄'s writes);
+        # a callable gives X itself
+        self.cross_target, self.cross_increment = None, None
         if callable(cross_rule):
             self.cross_increment, self.normalise_cross = cross_rule, False
         elif cross_rule in CROSS_RULES:
-            self.cross_increment, self.normalise_cross = CROSS_RULES[cross_rule]
+            self.cross_target, self.normalise_cross = CROSS_RULES[cross_rule]
         else:
             raise BioPropError(f"cross_rule={cross_rule!r}: choose one of {sorted(CROSS_RULES)} or pass a callable (hb, eps, a) -> X")
         self.cross_rule = cross_rule
@@ -357,94 +360,127 @@ class FourSynapseCircuit(LearningRule):
 
     # -- one step ------------------------------------------------------------------------------------
     def feedback_sweep(self, net: Network, rates: list[Tensor], preactivations: list[Tensor], error: Tensor):
-        """The downstream signals of one batch: (eps_1..eps_{L-1}, hb_1..hb_{L-1}, a_1..a_{L-1})."""
-        levels = linear_levels(net)
+        """The downstream signals of one batch: (eps_1..eps_{L-1}, hb_1..hb_{L-1}, a_1..a_{L-1}).
+        `rates`: h_0 .. h_{L-1} of the forward pass, `preactivations`: z_1 .. z_L."""
+        return self._sweep(linear_levels(net), rates, preactivations, error)
+
+    def _sweep(self, levels: Sequence[LinearLevel], rates: list[Tensor], preactivations: list[Tensor], error: Tensor):
         L = len(levels)
-        derivatives = [level.rate.activation.derivative for level in levels[:-1]]  # D_l = f_l'(z_l)
         eps: list[Tensor] = [None] * (L - 1)  # type: ignore[list-item]
         downstream: list[Tensor] = [None] * (L - 1)  # type: ignore[list-item]
         teaching: list[Tensor] = [None] * (L - 1)  # type: ignore[list-item]
         if L == 1:
             return eps, downstream, teaching
-        eps[L - 2] = derivatives[L - 2](preactivations[L - 2]) * (error @ self.feedback[-1].T)
+
+        def times_derivative(index: int, drive: Tensor) -> Tensor:
+            """D_l ⊙ drive for level l = index + 1, from h_l in one kernel where the activation has
+            one (sigmoid, tanh, relu), else f'(z_l) ⊙ drive; the drive is a fresh product."""
+            activation = levels[index].rate.activation
+            if activation.backward_from_output is not None and index + 1 < len(rates):
+                return activation.backward_from_output(drive, rates[index + 1])
+            return drive.mul_(activation.derivative(preactivations[index]))
+
+        eps[L - 2] = times_derivative(L - 2, torch.mm(error, self.feedback[-1].T))
         for l in range(L - 1, 0, -1):
-            downstream[l - 1] = self.g(eps[l - 1] @ self.to_downstream[l - 1].T)
-            teaching[l - 1] = downstream[l - 1] @ self.to_teaching[l - 1].T
+            downstream[l - 1] = self.g(torch.mm(eps[l - 1], self.to_downstream[l - 1].T))
+            teaching[l - 1] = torch.mm(downstream[l - 1], self.to_teaching[l - 1].T)
             if l > 1:
-                eps[l - 2] = derivatives[l - 2](preactivations[l - 2]) * (downstream[l - 1] @ self.feedback[l - 2].T)
+                eps[l - 2] = times_derivative(l - 2, torch.mm(downstream[l - 1], self.feedback[l - 2].T))
         return eps, downstream, teaching
 
     def _step(self, net: Network, x: Tensor, y: Tensor, trace: bool) -> CircuitStepResult:
         levels = linear_levels(net)
         self._ensure_initialized(net, layer_sizes(levels))
         weights = [level.weight for level in levels]
-        biases = [level.bias for level in levels if level.bias is not None]
         forward = net.forward_pass(x)
         output = forward.output
         error = self.loss.output_error(output, y)
-        eps, downstream, teaching = self.feedback_sweep(net, forward.rates, forward.preactivations, error)
+        rates = forward.rates
+        eps, downstream, teaching = self._sweep(levels, rates, forward.preactivations, error)
         L = len(levels)
         batch = x.shape[0]
-        rates = forward.rates
-        # what each W_l's update uses in place of dLoss/dW_l: the error at the top, a_l below
-        signals = [*teaching, error]
-        estimates = [(signal.T @ rate) / batch for signal, rate in zip(signals, rates)]
-
-        # Every increment below is computed from this step's signals before any write; each
-        # matrix's own decay is then applied in place with its increment (w(1 - lr lam) - lr G is
-        # w - lr (G + lam w)), which saves a temporary the size of every matrix.
-        hebbian_fb = []
-        if L > 1 and "Wbar" in self.plastic:
-            hebbian_fb = [(rates[l - 1].T @ downstream[l - 1]) / batch for l in range(2, L)]
-            hebbian_fb.append((rates[L - 1].T @ error) / batch)
+        # Every write below reads only this step's signals (and, for its own decay, the matrix it
+        # writes), so writing one matrix at a time is the SPEC's "all at once". Each write is one
+        # pass: a product accumulated into the matrix (addmm_, its decay as beta) or, for W_l, the
+        # reported estimate G_l added to the decayed weights; no temporary the size of a
+        # downstream matrix.
+        signals = [*teaching, error]  # what each W_l's update uses in place of dLoss/dz_l
+        estimates = [torch.mm(signal.T, rate).div_(batch) for signal, rate in zip(signals, rates)]  # G_l
+        factors = None
         if self.step_bound > 0 and "W" in self.plastic:
             factors = self.bound_steps(estimates)
-            estimates = [s * estimate for s, estimate in zip(factors, estimates)]
-            signals = [s * signal for s, signal in zip(factors, signals)]
-            hebbian_fb = [s * hebbian for s, hebbian in zip(factors[1:], hebbian_fb)]  # W̄_l pairs with W_l
-        cross = []
-        if "V" in self.plastic or "Vbar" in self.plastic:
-            for l in range(1, L):
-                increment = self.cross_increment(downstream[l - 1], eps[l - 1], teaching[l - 1]) / batch
-                if self.normalise_cross:
-                    # rho normalises the delta rule's step: without it the cross pair explodes
-                    normalising = eps[l - 1] if self.normalizer == "error" else downstream[l - 1]
-                    rho = (normalising**2).sum(dim=1).mean()
-                    increment = torch.where(rho > 0, increment / rho, torch.zeros_like(increment))
-                cross.append(increment)
+            if factors is not None:
+                for estimate, s in zip(estimates, factors):
+                    estimate.mul_(s)
 
         if "W" in self.plastic:
-            for w, estimate in zip(weights, estimates):
-                w.data.mul_(1 - self.lr * self.lam).add_(estimate, alpha=-self.lr)
-            for b, signal in zip(biases, signals):
-                b.data.add_(signal.mean(dim=0), alpha=-self.lr)
-        feedback_rates = [self.learning_rate_wbar] * (L - 2) + [self.lr]
-        for matrix, hebbian, rate in zip(self.feedback, hebbian_fb, feedback_rates):
-            matrix.mul_(1 - self.lr * self.lam).add_(hebbian, alpha=-rate)
-        if "V" in self.plastic:
-            for matrix, increment in zip(self.to_downstream, cross):
-                matrix.mul_(1 - self.kappa).add_(increment, alpha=self.eta_v)
-        if "Vbar" in self.plastic:
-            for matrix, increment in zip(self.to_teaching, cross):
-                matrix.mul_(1 - self.kappa).add_(increment.T, alpha=self.eta_vbar)
+            decay = 1 - self.lr * self.lam
+            for index, (level, estimate, signal) in enumerate(zip(levels, estimates, signals)):
+                level.weight.data.mul_(decay).add_(estimate, alpha=-self.lr)
+                if level.bias is not None:
+                    step = signal.mean(dim=0)
+                    level.bias.data.add_(step if factors is None else step.mul_(factors[index]), alpha=-self.lr)
+        if L > 1 and "Wbar" in self.plastic:
+            decay = 1 - self.lr * self.lam
+            for l in range(2, L):  # W̄_l -= eta_W̄ s_l <h_{l-1} hb_lᵀ> + eta_W lam W̄_l, one product
+                presynaptic = rates[l - 1] if factors is None else rates[l - 1] * factors[l - 1]
+                self.feedback[l - 2].addmm_(presynaptic.T, downstream[l - 1], beta=decay,
+                                            alpha=-self.learning_rate_wbar / batch)
+            # W̄_L's Hebbian term <h_{L-1} eᵀ> is G_Lᵀ (bounded alike): the same product, not redone
+            self.feedback[-1].mul_(decay).add_(estimates[-1].T, alpha=-self.lr)
+        if "V" in self.plastic or "Vbar" in self.plastic:
+            for l in range(1, L):
+                self._write_cross(l, eps[l - 1], downstream[l - 1], teaching[l - 1], batch)
 
         return CircuitStepResult(self.loss(output, y).detach(), output, [] if trace else None, deltas=eps,
                                  gradient_estimates=_per_parameter(net, weights, estimates), teaching=teaching,
                                  downstream=downstream)
 
-    def bound_steps(self, estimates: list[Tensor]) -> list[Tensor]:
-        """The step bound's factors s_l = min(1, tau m_l / ||G_l||) (0-d tensors, no host sync),
-        and the running means m_l moved on to include this step's raw sizes."""
-        sizes = [estimate.norm() for estimate in estimates]
-        if self.step_sizes is None or len(self.step_sizes) != len(sizes):
-            self.step_sizes = [size.clone() for size in sizes]
-            return [torch.ones_like(size) for size in sizes]
-        factors = [
-            torch.where(size > self.step_bound * mean, self.step_bound * mean / size, torch.ones_like(size))
-            for size, mean in zip(sizes, self.step_sizes)
-        ]
-        beta = self.step_memory
-        self.step_sizes = [beta * mean + (1 - beta) * size for mean, size in zip(self.step_sizes, sizes)]
+    def _write_cross(self, l: int, eps: Tensor, hb: Tensor, teaching: Tensor, batch: int) -> None:
+        """V_l += eta_V X_l - kappa V_l and V̄_l += eta_V̄ X_lᵀ - kappa V̄_l, X_l = <hb_l Pᵀ> / rho_l.
+
+        For a named rule X_l = hbᵀ P / (B rho) is never formed: its scale (a 0-d tensor, no host
+        sync) goes into the small factor P (B x n_l), and each matrix takes the product into itself
+        with its decay as addmm_'s beta (V̄_l through its transposed view, which addmm_ writes in
+        place). That is two products of the m_l x n_l size where X once would be one, but on CPU
+        the two in-place accumulations are faster than writing X and adding it into V and, with
+        a strided read, into V̄ (docs/circuit.md, Cost)."""
+        V, Vbar = self.to_downstream[l - 1], self.to_teaching[l - 1]
+        keep = 1 - self.kappa
+        if self.cross_target is None:  # a user's callable gives X summed over the batch
+            increment = self.cross_increment(hb, eps, teaching)
+            if "V" in self.plastic:
+                V.mul_(keep).add_(increment, alpha=self.eta_v / batch)
+            if "Vbar" in self.plastic:
+                Vbar.mul_(keep).add_(increment.T, alpha=self.eta_vbar / batch)
+            return
+        target = self.cross_target(eps, teaching)
+        if self.normalise_cross:
+            # rho normalises the delta rule's step: without it the cross pair explodes
+            normalising = (eps if self.normalizer == "error" else hb).reshape(-1)
+            rho = torch.dot(normalising, normalising) / batch
+            scale = torch.where(rho > 0, (batch * rho).reciprocal(), torch.zeros_like(rho))
+            target = target * scale
+            alphas = (self.eta_v, self.eta_vbar)
+        else:
+            alphas = (self.eta_v / batch, self.eta_vbar / batch)
+        if "V" in self.plastic:
+            V.addmm_(hb.T, target, beta=keep, alpha=alphas[0])
+        if "Vbar" in self.plastic:
+            Vbar.T.addmm_(hb.T, target, beta=keep, alpha=alphas[1])
+
+    def bound_steps(self, estimates: list[Tensor]) -> Tensor | None:
+        """The step bound's factors s_l = min(1, tau m_l / ||G_l||), one (L,) tensor (no host sync;
+        None on the first step, where s_l = 1), and the running means m_l moved on to include this
+        step's raw sizes."""
+        sizes = torch.stack([torch.linalg.vector_norm(estimate) for estimate in estimates])
+        if self.step_sizes is None or len(self.step_sizes) != len(estimates):
+            self.step_sizes = list(sizes.unbind())
+            return None
+        means = torch.stack(self.step_sizes).to(sizes.dtype)
+        limits = self.step_bound * means
+        factors = torch.where(sizes > limits, limits / sizes, torch.ones_like(sizes))
+        self.step_sizes = list((self.step_memory * means).add_(sizes, alpha=1 - self.step_memory).unbind())
         return factors
 
     # -- bookkeeping ------------------------------------------------------------------------------
