@@ -277,6 +277,7 @@ class FourSynapseCircuit(LearningRule):
         self.to_teaching: list[Tensor] = []  # V̄_1 .. V̄_{L-1} (index l-1)
         self.sizes: list[int] | None = None
         self.step_sizes: list[Tensor] | None = None  # m_1 .. m_L of the step bound, after the first step
+        self._workspace: dict[int, Tensor] = {}  # X_l's buffer per level, reused every step
 
     # -- the downstream pathway ------------------------------------------------------------------
     @property
@@ -311,6 +312,7 @@ class FourSynapseCircuit(LearningRule):
         ))
         for key in order:
             setattr(self, key, [next(drawn).to(dtype=net.dtype, device=net.device) for _ in shapes[key]])
+        self.to_teaching = [_transposed_storage(m) for m in self.to_teaching]
         self.sizes = sizes
         self.step_sizes = None  # a new pathway starts the step bound's running means afresh
 
@@ -336,7 +338,7 @@ class FourSynapseCircuit(LearningRule):
     def _to(self, dtype, device) -> None:
         self.feedback = [m.to(dtype=dtype, device=device) for m in self.feedback]
         self.to_downstream = [m.to(dtype=dtype, device=device) for m in self.to_downstream]
-        self.to_teaching = [m.to(dtype=dtype, device=device) for m in self.to_teaching]
+        self.to_teaching = [_transposed_storage(m.to(dtype=dtype, device=device)) for m in self.to_teaching]
         if self.step_sizes is not None:
             self.step_sizes = [m.to(dtype=dtype, device=device) for m in self.step_sizes]
 
@@ -439,35 +441,42 @@ class FourSynapseCircuit(LearningRule):
     def _write_cross(self, l: int, eps: Tensor, hb: Tensor, teaching: Tensor, batch: int) -> None:
         """V_l += eta_V X_l - kappa V_l and V̄_l += eta_V̄ X_lᵀ - kappa V̄_l, X_l = <hb_l Pᵀ> / rho_l.
 
-        For a named rule X_l = hbᵀ P / (B rho) is never formed: its scale (a 0-d tensor, no host
-        sync) goes into the small factor P (B x n_l), and each matrix takes the product into itself
-        with its decay as addmm_'s beta (V̄_l through its transposed view, which addmm_ writes in
-        place). That is two products of the m_l x n_l size where X once would be one, but on CPU
-        the two in-place accumulations are faster than writing X and adding it into V and, with
-        a strided read, into V̄ (docs/circuit.md, Cost)."""
+        X_l is one product into a workspace kept between steps, its scale 1 / (B rho_l) (a 0-d
+        tensor: no host sync) applied to the small factor P (B x n_l) first. V̄_l is stored as the
+        transpose of an m_l x n_l block (`_transposed_storage`), so X_lᵀ is a transposed view in
+        V̄_l's own layout and both writes are one contiguous pass each (decay, then increment).
+        With only one of V, V̄ plastic the product goes straight into it (addmm_, decay as beta)."""
         V, Vbar = self.to_downstream[l - 1], self.to_teaching[l - 1]
         keep = 1 - self.kappa
+        plastic_v, plastic_vbar = "V" in self.plastic, "Vbar" in self.plastic
         if self.cross_target is None:  # a user's callable gives X summed over the batch
             increment = self.cross_increment(hb, eps, teaching)
-            if "V" in self.plastic:
-                V.mul_(keep).add_(increment, alpha=self.eta_v / batch)
-            if "Vbar" in self.plastic:
-                Vbar.mul_(keep).add_(increment.T, alpha=self.eta_vbar / batch)
-            return
-        target = self.cross_target(eps, teaching)
-        if self.normalise_cross:
-            # rho normalises the delta rule's step: without it the cross pair explodes
-            normalising = (eps if self.normalizer == "error" else hb).reshape(-1)
-            rho = torch.dot(normalising, normalising) / batch
-            scale = torch.where(rho > 0, (batch * rho).reciprocal(), torch.zeros_like(rho))
-            target = target * scale
-            alphas = (self.eta_v, self.eta_vbar)
-        else:
             alphas = (self.eta_v / batch, self.eta_vbar / batch)
-        if "V" in self.plastic:
-            V.addmm_(hb.T, target, beta=keep, alpha=alphas[0])
-        if "Vbar" in self.plastic:
-            Vbar.T.addmm_(hb.T, target, beta=keep, alpha=alphas[1])
+        else:
+            target = self.cross_target(eps, teaching)
+            if self.normalise_cross:
+                # rho normalises the delta rule's step: without it the cross pair explodes
+                normalising = (eps if self.normalizer == "error" else hb).reshape(-1)
+                rho = torch.dot(normalising, normalising) / batch
+                target = target * torch.where(rho > 0, (batch * rho).reciprocal(), torch.zeros_like(rho))
+                alphas = (self.eta_v, self.eta_vbar)
+            else:
+                alphas = (self.eta_v / batch, self.eta_vbar / batch)
+            if plastic_v != plastic_vbar:
+                (V if plastic_v else Vbar.T).addmm_(hb.T, target, beta=keep, alpha=alphas[0 if plastic_v else 1])
+                return
+            increment = torch.mm(hb.T, target, out=self._workspace_for(l, V))
+        if plastic_v:
+            V.mul_(keep).add_(increment, alpha=alphas[0])
+        if plastic_vbar:
+            Vbar.mul_(keep).add_(increment.T, alpha=alphas[1])
+
+    def _workspace_for(self, l: int, like: Tensor) -> Tensor:
+        """The m_l x n_l buffer X_l is written into (made once, remade if V_l's shape, dtype or device change)."""
+        buffer = self._workspace.get(l)
+        if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = self._workspace[l] = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+        return buffer
 
     def bound_steps(self, estimates: list[Tensor]) -> Tensor | None:
         """The step bound's factors s_l = min(1, tau m_l / ||G_l||), one (L,) tensor (no host sync;
@@ -549,7 +558,14 @@ class FourSynapseCircuit(LearningRule):
                 )
         self.sizes = sizes
         self.feedback, self.to_downstream, self.to_teaching = (matrices[key] for key in keys)
+        self.to_teaching = [_transposed_storage(m) for m in self.to_teaching]
         self.step_sizes = step_sizes
+
+
+def _transposed_storage(matrix: Tensor) -> Tensor:
+    """The same matrix, laid out as the transpose of a contiguous block (V̄_l: n_l x m_l over an
+    m_l x n_l block, V_l's layout), so that V̄_l += eta X_lᵀ runs in memory order (`_write_cross`)."""
+    return matrix if matrix.T.is_contiguous() else matrix.T.contiguous().T
 
 
 def _parse_ratios(ratio: float | str | Sequence[float]) -> list[float]:
