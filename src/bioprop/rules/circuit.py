@@ -441,35 +441,44 @@ class FourSynapseCircuit(LearningRule):
     def _write_cross(self, l: int, eps: Tensor, hb: Tensor, teaching: Tensor, batch: int) -> None:
         """V_l += eta_V X_l - kappa V_l and V̄_l += eta_V̄ X_lᵀ - kappa V̄_l, X_l = <hb_l Pᵀ> / rho_l.
 
-        X_l is one product into a workspace kept between steps, its scale 1 / (B rho_l) (a 0-d
-        tensor: no host sync) applied to the small factor P (B x n_l) first. V̄_l is stored as the
-        transpose of an m_l x n_l block (`_transposed_storage`), so X_lᵀ is a transposed view in
-        V̄_l's own layout and both writes are one contiguous pass each (decay, then increment).
-        With only one of V, V̄ plastic the product goes straight into it (addmm_, decay as beta)."""
+        X_l is one product, into a workspace kept between steps, with its scale eta_V / (B rho_l)
+        (rho a 0-d tensor: no host sync) applied to the small factor P (B x n_l) first. V̄_l is
+        stored as the transpose of an m_l x n_l block (`_transposed_storage`), so X_lᵀ is in V̄_l's
+        own layout, and each matrix takes its decay and increment in one pass, out = eta X +
+        (1 - kappa) M (one more pass for V̄ when eta_V̄ != eta_V). With only one of V, V̄ learning
+        the product goes straight into it (addmm_, the decay as beta)."""
         V, Vbar = self.to_downstream[l - 1], self.to_teaching[l - 1]
         keep = 1 - self.kappa
-        plastic_v, plastic_vbar = "V" in self.plastic, "Vbar" in self.plastic
+        eta_v = self.eta_v if "V" in self.plastic else None
+        eta_vbar = self.eta_vbar if "Vbar" in self.plastic else None
         if self.cross_target is None:  # a user's callable gives X summed over the batch
             increment = self.cross_increment(hb, eps, teaching)
-            alphas = (self.eta_v / batch, self.eta_vbar / batch)
+            if eta_v is not None:
+                V.mul_(keep).add_(increment, alpha=eta_v / batch)
+            if eta_vbar is not None:
+                Vbar.mul_(keep).add_(increment.T, alpha=eta_vbar / batch)
+            return
+        target = self.cross_target(eps, teaching)
+        if self.normalise_cross:
+            # rho normalises the delta rule's step: without it the cross pair explodes
+            normalising = (eps if self.normalizer == "error" else hb).reshape(-1)
+            rho = torch.dot(normalising, normalising) / batch
+            scale = torch.where(rho > 0, (batch * rho).reciprocal(), torch.zeros_like(rho))
         else:
-            target = self.cross_target(eps, teaching)
-            if self.normalise_cross:
-                # rho normalises the delta rule's step: without it the cross pair explodes
-                normalising = (eps if self.normalizer == "error" else hb).reshape(-1)
-                rho = torch.dot(normalising, normalising) / batch
-                target = target * torch.where(rho > 0, (batch * rho).reciprocal(), torch.zeros_like(rho))
-                alphas = (self.eta_v, self.eta_vbar)
+            scale = 1.0 / batch
+        if eta_v and eta_vbar:
+            increment = torch.mm(hb.T, target * (scale * eta_v), out=self._workspace_for(l, V))  # eta_V X_l
+            torch.add(increment, V, alpha=keep, out=V)
+            if eta_vbar == eta_v:
+                torch.add(increment.T, Vbar, alpha=keep, out=Vbar)
             else:
-                alphas = (self.eta_v / batch, self.eta_vbar / batch)
-            if plastic_v != plastic_vbar:
-                (V if plastic_v else Vbar.T).addmm_(hb.T, target, beta=keep, alpha=alphas[0 if plastic_v else 1])
-                return
-            increment = torch.mm(hb.T, target, out=self._workspace_for(l, V))
-        if plastic_v:
-            V.mul_(keep).add_(increment, alpha=alphas[0])
-        if plastic_vbar:
-            Vbar.mul_(keep).add_(increment.T, alpha=alphas[1])
+                torch.add(increment.T, Vbar, alpha=keep * eta_v / eta_vbar, out=Vbar).mul_(eta_vbar / eta_v)
+            return
+        for matrix, eta in ((V, eta_v), (Vbar.T, eta_vbar)):  # at most one of them learns from X
+            if eta:
+                matrix.addmm_(hb.T, target * scale, beta=keep, alpha=eta)
+            elif eta is not None:
+                matrix.mul_(keep)  # eta 0: the decay alone
 
     def _workspace_for(self, l: int, like: Tensor) -> Tensor:
         """The m_l x n_l buffer X_l is written into (made once, remade if V_l's shape, dtype or device change)."""
