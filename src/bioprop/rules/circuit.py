@@ -407,11 +407,12 @@ class FourSynapseCircuit(LearningRule):
         # reported estimate G_l added to the decayed weights; no temporary the size of a
         # downstream matrix.
         signals = [*teaching, error]  # what each W_l's update uses in place of dLoss/dz_l
-        estimates = [torch.mm(signal.T, rate).div_(batch) for signal, rate in zip(signals, rates)]  # G_l
+        estimates = [torch.mm((signal / batch).T, rate) for signal, rate in zip(signals, rates)]  # G_l, 1/B on the small factor
         factors = None
         if self.step_bound > 0 and "W" in self.plastic:
-            factors = self.bound_steps(estimates)
-            if factors is not None:
+            bound = self.bound_steps(estimates)
+            if bound is not None:
+                factors = bound.unbind()
                 for estimate, s in zip(estimates, factors):
                     estimate.mul_(s)
 
@@ -463,7 +464,7 @@ class FourSynapseCircuit(LearningRule):
             # rho normalises the delta rule's step: without it the cross pair explodes
             normalising = (eps if self.normalizer == "error" else hb).reshape(-1)
             rho = torch.dot(normalising, normalising) / batch
-            scale = torch.where(rho > 0, (batch * rho).reciprocal(), torch.zeros_like(rho))
+            scale = (batch * rho).reciprocal().nan_to_num_(nan=0.0, posinf=0.0)  # 0 where rho = 0 (or NaN)
         else:
             scale = 1.0 / batch
         if eta_v and eta_vbar:
