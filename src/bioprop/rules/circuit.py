@@ -499,9 +499,10 @@ class FourSynapseCircuit(LearningRule):
 
     def _workspace_for(self, l: int, like: Tensor) -> Tensor:
         """The m_l x n_l buffer X_l is written into (made once, remade if V_l's shape, dtype or device change)."""
-        buffer = self._workspace.get(l)
+        workspace = self.__dict__.setdefault("_workspace", {})  # also on a rule unpickled from before it existed
+        buffer = workspace.get(l)
         if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype or buffer.device != like.device:
-            buffer = self._workspace[l] = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+            buffer = workspace[l] = torch.empty(like.shape, dtype=like.dtype, device=like.device)
         return buffer
 
     def bound_steps(self, estimates: list[Tensor]) -> Tensor | None:
