@@ -189,13 +189,14 @@ def rule_and_options(case, loss):
     return rule, o
 
 
-def run_against_reference(case, loss, bias, activation, row_major_vbar=False, change=None):
+def run_against_reference(case, loss, bias, activation, ordinary_layout=False, change=None):
     net, weights, biases = network(bias, activation)
     rule, o = rule_and_options(case, loss)
     o["activation"] = activation
     rule.initialize(net)
-    if row_major_vbar:  # a V̄ assigned by hand, in the default row-major layout: the general path
+    if ordinary_layout:  # V̄ and W̄ assigned by hand, in the ordinary row-major layout: the general path
         rule.to_teaching = [m.contiguous() for m in rule.to_teaching]
+        rule.feedback = [m.contiguous() for m in rule.feedback]
     reference_options = {**o, **(change or {})}
     state = snapshot(rule, weights, biases)
     worst = 0.0
@@ -222,15 +223,19 @@ def test_fused_step_on_other_losses_activations_and_mixed_biases(loss, bias, act
 
 
 @pytest.mark.parametrize("case", ["defaults", "eta_v != eta_vbar", "Vbar alone", "callable rule"])
-def test_row_major_vbar_gives_the_same_step(case):
-    # V̄ is drawn in a transposed layout (both cross writes in memory order); one assigned in
-    # the ordinary layout takes the general path and must give the same numbers
-    worst, rule = run_against_reference(case, "mse", True, "sigmoid", row_major_vbar=True)
+def test_ordinary_layout_gives_the_same_step(case):
+    # V̄ and W̄ are drawn in a transposed layout (both cross writes in memory order); ones
+    # assigned in the ordinary layout take the general path and must give the same numbers
+    worst, rule = run_against_reference(case, "mse", True, "sigmoid", ordinary_layout=True)
     assert worst <= TOLERANCE, worst
-    assert all(m.is_contiguous() for m in rule.to_teaching)  # the step wrote it in place, layout kept
+    assert all(m.is_contiguous() for m in rule.to_teaching + rule.feedback)  # written in place, layout kept
     drawn = bioprop.make_rule("circuit", ratio=2, seed=0)
     drawn.initialize(network(True, "sigmoid")[0])
-    assert all(m.T.is_contiguous() for m in drawn.to_teaching)
+    assert all(m.T.is_contiguous() for m in drawn.to_teaching + drawn.feedback)
+    restored = bioprop.make_rule("circuit", ratio=2)
+    restored.load_state_dict({**drawn.state_dict(), "to_teaching": [m.contiguous() for m in drawn.to_teaching]})
+    assert all(m.T.is_contiguous() for m in restored.to_teaching)
+    assert all(torch.equal(a, b) for a, b in zip(restored.to_teaching, drawn.to_teaching))
 
 
 def test_the_step_bound_is_active_in_the_bounded_cases():
