@@ -185,3 +185,23 @@ def test_a_case_stops_at_its_share_of_the_time_budget_after_the_minimum_rounds()
     assert reference.blocks == rule.blocks == 6 and len(rule.samples) == 6
     budget = Budget(0.0, cases=4)
     assert budget.next_case() == 0.0 and budget.cases_left == 3
+
+
+def test_the_default_devices_are_the_cpu_and_cuda_when_present(monkeypatch):
+    from bioprop import benchmark
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert benchmark._devices("all") == [torch.device("cpu")]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert benchmark._devices("all") == [torch.device("cpu"), torch.device("cuda")]
+    assert benchmark._devices("cpu") == [torch.device("cpu")]
+
+
+def test_json_rows_carry_their_device(tmp_path):
+    json_out, markdown_out = tmp_path / "b.json", tmp_path / "b.md"
+    assert main(["benchmark", "--quick", "--threads", "1", "--sizes", "6", "4", "3", "--rules", "fa", "--batch", "4",
+                 "--json-out", str(json_out), "--markdown-out", str(markdown_out)]) == 0
+    report = json.loads(json_out.read_text())
+    assert report["environment"]["devices"] == (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    assert {network["device"] for network in report["networks"]} == set(report["environment"]["devices"])
+    assert "| fa |" in markdown_out.read_text()

@@ -13,6 +13,9 @@ cross-entropy on integer labels (`F.cross_entropy`) or bioprop's squared error,
 `F.mse_loss(output, y, reduction="sum") / (2 B)` (the same loss bioprop's rules descend, so one
 reference step equals one step of our `bp` rule; tests check that in float64).
 
+Devices (`--device`): by default the CPU and then, when a GPU is present, CUDA, each timed as
+below (rows and JSON entries carry their device); or one device (cpu, cuda, cuda:N, auto).
+
 Networks (batch 64, float32 by default; `--networks`, or custom MLPs with `--sizes`):
 
     mlp     784-256-256-256-10, sigmoid hidden layers, linear output, mse
@@ -305,6 +308,7 @@ class CaseRow:
 class NetworkResult:
     spec: NetworkSpec
     rows: list[CaseRow] = field(default_factory=list)
+    device: str = "cpu"
 
     def reference_median_ms(self) -> float | None:
         """Median over the cases of the reference's median step (each case timed its own)."""
@@ -350,7 +354,7 @@ def benchmark(spec: NetworkSpec, cases: dict[str, tuple[str, dict]], batch_size:
               device: torch.device, settings: Settings, budget: Budget | None = None,
               report: Callable[[CaseRow], None] | None = None) -> NetworkResult:
     """Every case on one network; `report` sees each row as soon as it is measured."""
-    result = NetworkResult(spec)
+    result = NetworkResult(spec, device=str(device))
     for label, (rule_name, options) in cases.items():
         allowance = budget.next_case() if budget else math.inf
         row = benchmark_case(spec, label, rule_name, options, batch_size, dtype, device, settings, allowance)
@@ -390,8 +394,8 @@ def _ratio_text(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}x"
 
 
-def print_header(spec: NetworkSpec) -> None:
-    print(f"\n{spec.name}: {spec.description}, loss {spec.loss}")
+def print_header(spec: NetworkSpec, device: torch.device | None = None) -> None:
+    print(f"\n{spec.name}: {spec.description}, loss {spec.loss}" + (f", on {device}" if device is not None else ""))
     print(f"  {'rule':<22}{'ms/step min / median / max':>30}{'torch ms':>10}{'x torch':>9}{'paired':>8}{'blocks':>7}")
 
 
@@ -417,10 +421,12 @@ def print_summary(result: NetworkResult) -> None:
 def markdown_table(results: list[NetworkResult], env: dict, command: str) -> str:
     """One table: a row per case, a column per network; cells 'ratio to plain PyTorch (median ms)'."""
     labels = list(dict.fromkeys(row.case for result in results for row in result.rows))
-    header = "| rule | " + " | ".join(f"{r.spec.name} ({r.spec.loss})" for r in results) + " |"
+    several_devices = len({r.device for r in results}) > 1
+    header = "| rule | " + " | ".join(f"{r.spec.name} ({r.spec.loss}" + (f", {r.device})" if several_devices else ")")
+                                     for r in results) + " |"
     lines = [
         f"`{command}`: {env['cpu']}" + (f", {env['gpu']}" if env["gpu"] else "") +
-        f", {env['device']}, threads {env['threads']}, torch {env['torch']}, bioprop {env['bioprop']}, "
+        f", {', '.join(env.get('devices', [env['device']]))}, threads {env['threads']}, torch {env['torch']}, bioprop {env['bioprop']}, "
         f"batch {env['batch']}, {env['dtype']}.",
         "",
         "Cells: median time per step as a ratio to plain PyTorch's on the same network and batch "
@@ -463,7 +469,7 @@ def results_json(results: list[NetworkResult], env: dict, settings: Settings, co
                    "rounds of rule block / reference block; ratio_to_bp = ratio / bp's ratio"),
         "reference": "torch.optim.SGD: opt.zero_grad(); loss = loss_fn(model(x), y); loss.backward(); opt.step()",
         "networks": [
-            {"network": r.spec.name, "description": r.spec.description, "loss": r.spec.loss,
+            {"network": r.spec.name, "device": r.device, "description": r.spec.description, "loss": r.spec.loss,
              "sample_shape": list(r.spec.sample_shape), "reference_median_ms": r.reference_median_ms(),
              "rows": [row.as_json() for row in r.rows]}
             for r in results
@@ -479,7 +485,9 @@ def configure_parser(parser) -> None:
                         help="a custom sigmoid MLP's layer widths, input first (repeat the flag for several)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--device", default="cpu", help="cpu, cuda (or cuda:N) or auto (cuda when available)")
+    parser.add_argument("--device", default="all",
+                        help="all (the default: the CPU, then CUDA too when a GPU is present), cpu, cuda (or cuda:N) "
+                             "or auto (cuda when available, else cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads while timing (default: torch's)")
     parser.add_argument("--repeats", type=int, default=None, help="rounds of interleaved blocks per case (default 21; --quick 3)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps per side (default 3; --quick 1)")
@@ -494,17 +502,24 @@ def configure_parser(parser) -> None:
     parser.add_argument("--markdown-out", type=Path, default=None, help="write the table as markdown here")
 
 
+def _devices(text: str) -> list[torch.device]:
+    """--device as the devices to time, in order: 'all' is the CPU and, when present, CUDA."""
+    if text == "all":
+        return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    return [_device(text)]
+
+
 def _device(text: str) -> torch.device:
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if text != "cpu" and text != "cuda" and not text.startswith("cuda:"):
-        raise BioPropError(f"--device {text!r}: use cpu, cuda or auto")
+        raise BioPropError(f"--device {text!r}: use all, cpu, cuda or auto")
     if text.startswith("cuda") and not torch.cuda.is_available():
         raise BioPropError("--device cuda: no CUDA device is available here; use --device cpu")
     try:
         return torch.device(text)
     except RuntimeError:
-        raise BioPropError(f"--device {text!r}: not a device torch knows; use cpu, cuda, cuda:N or auto") from None
+        raise BioPropError(f"--device {text!r}: not a device torch knows; use all, cpu, cuda, cuda:N or auto") from None
 
 
 def _settings(args) -> Settings:
@@ -537,7 +552,7 @@ def _cases(selected: list[str] | None) -> dict[str, tuple[str, dict]]:
 
 
 def run(args) -> int:
-    device = _device(args.device)
+    devices = _devices(args.device)
     settings = _settings(args)
     specs = [mlp_spec(sizes) for sizes in args.sizes or []]
     if args.networks or not specs:
@@ -548,10 +563,12 @@ def run(args) -> int:
         if path is not None and not path.parent.is_dir():
             raise BioPropError(f"{path}: folder {path.parent} does not exist; create it or choose another path")
     command = "bioprop " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["benchmark"] else "bioprop benchmark"
-    env = environment(device, dtype, args.batch, settings.threads)
+    env = environment(devices[-1], dtype, args.batch, settings.threads)
+    env["devices"] = [str(device) for device in devices]
     print(f"bioprop benchmark: one training step, ratio to plain PyTorch (torch.optim.SGD) on the same network and batch\n"
           f"  {env['cpu']}" + (f", GPU {env['gpu']}" if env["gpu"] else "") +
-          f"; torch {env['torch']}, bioprop {env['bioprop']}, {settings.threads} threads, device {device}, "
+          f"; torch {env['torch']}, bioprop {env['bioprop']}, {settings.threads} threads, "
+          f"device {', '.join(env['devices'])}, "
           f"{args.dtype}, batch {args.batch}\n"
           f"  per case: {settings.warmup} warm-up steps, then {settings.repeats} rounds of interleaved blocks "
           f"(reference, rule; ABBA) of ~{settings.block_time * 1e3:g} ms, within a {settings.time_budget:g} s budget; "
@@ -561,12 +578,13 @@ def run(args) -> int:
     threads_before = torch.get_num_threads()
     torch.set_num_threads(settings.threads)  # building and probing too, not only the timed blocks
     try:
-        budget = Budget(settings.time_budget, len(specs) * len(cases))
-        for spec in specs:
-            print_header(spec)
-            result = benchmark(spec, cases, args.batch, dtype, device, settings, budget, print_row)
-            print_summary(result)
-            results.append(result)
+        budget = Budget(settings.time_budget, len(devices) * len(specs) * len(cases))
+        for device in devices:
+            for spec in specs:
+                print_header(spec, device)
+                result = benchmark(spec, cases, args.batch, dtype, device, settings, budget, print_row)
+                print_summary(result)
+                results.append(result)
     finally:
         torch.set_num_threads(threads_before)
     print(f"\n{time.perf_counter() - started:.0f} s")
