@@ -114,12 +114,13 @@ is real: a prediction phase that is not bit-for-bit still, so no level is exactl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 
 from ..errors import BioPropError
 from ..network import Network
-from ..sweeps import pool
+from ..sweeps import pool, write
 from .base import LearningRule, StepResult, check_batch, check_int, check_positive
 from .predictive_coding import (
     FreeOutput,
@@ -295,6 +296,59 @@ def front_tally(fired_at_front, changed_at_front, fired_elsewhere, device) -> Te
     return torch.stack(rows, dim=1)
 
 
+@dataclass(frozen=True)
+class RegionPlan:
+    """What a pooled step computes behind the front (module docstring, "the cone"), per step s:
+    errors[s], the levels behind the front whose error eps_l(s) is computed; rates[s], the
+    levels l whose rate g_l(x_l(s)) is recomputed (for mu_{l+1}(s) and the VJP context at x_l(s));
+    offsets[s], the levels whose value node x_l(s + 1) is computed. Per level: tracked[l], whether
+    its change test runs at every step after its front (it has a step at which phi may fire), and
+    first_gate[l], the first step at which phi may fire (None: none)."""
+
+    errors: tuple[tuple[int, ...], ...]
+    rates: tuple[tuple[int, ...], ...]
+    offsets: tuple[tuple[int, ...], ...]
+    tracked: tuple[bool, ...]
+    first_gate: tuple[int | None, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.tracked)
+
+
+def plan_region(n_levels: int, n_steps: int, t_d: int, silent: Sequence[bool], any_step: bool) -> RegionPlan:
+    """The cone of a pooled step (module docstring). Level l (0-based) has its front at
+    k_l = L - 1 - l. phi_l may fire at t > k_l only where a neuron's last change is at least t_d
+    steps back: from k_l + 1 on if a neuron was silent at the front (silent[l]), from k_l + t_d
+    on otherwise (every neuron changed at k_l); any_step: from k_l + 1 on for every level (the
+    conservative choice, gamma != 1). eps_l(s) is needed where a tested (l', t) lies within
+    t - s levels of it; x_l(s + 1) where eps_l(s + 1) or eps_{l+1}(s + 1) is."""
+    front = [n_levels - 1 - level for level in range(n_levels)]
+    first_gate: list[int | None] = []
+    for level in range(n_levels):
+        start = front[level] + (1 if any_step or silent[level] else t_d)
+        first_gate.append(start if front[level] < n_steps - 1 and start <= n_steps - 1 else None)
+    tracked = tuple(start is not None for start in first_gate)
+    needed: list[set[int]] = [set() for _ in range(n_steps)]
+    current: set[int] = set()
+    for s in reversed(range(n_steps)):
+        around = {neighbour for level in current for neighbour in (level - 1, level, level + 1)}
+        around.update(level for level in range(n_levels) if tracked[level] and front[level] < s)
+        current = {level for level in around if 0 <= level < n_levels and front[level] <= s}
+        needed[s] = current
+    errors, rates, offsets = [], [], []
+    for s in range(n_steps):
+        behind = tuple(sorted(level for level in needed[s] if front[level] < s))
+        moved = tuple(
+            level for level in range(n_levels - 1)
+            if front[level] <= s < n_steps - 1 and (level in needed[s + 1] or level + 1 in needed[s + 1])
+        )
+        errors.append(behind)
+        offsets.append(moved)
+        rates.append(tuple(sorted({level - 1 for level in behind if level > 0} | set(moved))))
+    return RegionPlan(tuple(errors), tuple(rates), tuple(offsets), tracked, tuple(first_gate))
+
+
 @dataclass
 class FaZILResult(StepResult):
     """Fa-Z-IL's step: loss (a 0-d tensor on the events paths, a float on the dense one, which
@@ -450,6 +504,8 @@ class FullyAutonomousZIL(LearningRule):
             levels = forward.levels
             slots = net.parameter_slots(levels)
             if not (net.shares_parameters(slots) and self.shared_updates == "immediate"):
+                if not any(self._write_schedule(net, levels, x.shape[0])):
+                    return self._pooled_step(net, x, y, forward, slots)
                 # the front alone when it may be exact; after a call that needed the reflections,
                 # go to them directly (both give the dense result: this only saves the front's work)
                 if self.gamma == 1.0 and (self.n_steps or len(levels)) <= self.t_d and not self._reflections_needed:
@@ -522,6 +578,176 @@ class FullyAutonomousZIL(LearningRule):
         nothing = torch.zeros_like(success)  # no miss, no firing elsewhere
         return FaZILResult(self.loss(output, y), output, None, n_inference_steps=n_steps - 1, simulation="events",
                            detection_counts=torch.stack([success, nothing, silent, nothing]))
+
+    def _pooled_step(self, net, x, y, forward, slots):
+        """A step whose changes all wait for the presentation's end (module docstring): the front,
+        then, where a neuron may still fire, the cone behind it; the changes in the dense order."""
+        levels, sides, anchors = forward.levels, forward.sides, list(forward.preactivations)
+        n_levels = len(levels)
+        n_steps = self.n_steps or n_levels
+        output = forward.output
+        teacher = make_teacher(self.loss, y, output)
+        if isinstance(teacher, ValueClamp):
+            anchors[-1] = teacher.target
+        tolerance, gamma = self._resolution(net), self.gamma
+        # the front, as the dense simulation computes it: eps_l(k) = 0 + gamma * (-0 + v)
+        front_error: list[Tensor | None] = [None] * n_levels
+        fired_at_front: list[Tensor | None] = [None] * n_levels
+        per_step: list[list] = [[None] * n_levels for _ in range(n_steps)]
+        error = teacher.output_error(output, output)  # eps_L(0): the teacher reads the prediction only
+        reached = min(n_steps, n_levels)
+        for t in range(reached):
+            index = n_levels - 1 - t
+            level = levels[index]
+            front_error[index] = error
+            # phi at the front: changed, from feedback (mu = z_l), at rest long before
+            fired = torch.gt(error.abs(), forward.preactivations[index].abs().add_(1).mul_(tolerance))
+            fired_at_front[index] = fired
+            per_step[t][index] = level.parameter_vjp(error * fired, forward.rates[index], sides[index])
+            if index > 0 and t < n_steps - 1:
+                feedback = level.input_vjp(error, forward.rates[index])
+                error = levels[index - 1].rate.vjp(feedback, forward.contexts[index - 1])
+                if gamma != 1.0:
+                    error = error * gamma
+        first_reached = n_levels - reached
+        # the step's first host sync: how many fired at each front (the rest are silent)
+        counted = torch.stack([torch.count_nonzero(fired_at_front[i]) for i in range(first_reached, n_levels)])
+        success = [0] * first_reached + counted.tolist()
+        sizes = [0 if fired is None else fired.numel() for fired in fired_at_front]
+        silent = [size - count for size, count in zip(sizes, success)]
+        plan = plan_region(n_levels, n_steps, self.t_d, [count > 0 for count in silent], any_step=gamma != 1.0)
+        spurious = [0] * n_levels
+        if not plan.empty:
+            late_changes, late_counts = self._simulate_cone(net, plan, forward, anchors, teacher, front_error,
+                                                            fired_at_front)
+            for (s, index), change in late_changes.items():
+                per_step[s][index] = change
+            for index, (elsewhere, also_at_front) in late_counts.items():
+                # fired elsewhere: spurious; of those, the ones that fired at the front too are no success,
+                # the others no harmless miss
+                spurious[index] = elsewhere
+                success[index] -= also_at_front
+                silent[index] -= elsewhere - also_at_front
+        pending: list[Tensor | None] = [None] * len(net.parameters_list())
+        for changes in per_step:
+            if all(change is None for change in changes):
+                continue
+            for slot, total in enumerate(pool(net, levels, changes, slots)):
+                if total is not None:
+                    pending[slot] = total if pending[slot] is None else pending[slot] + total
+        write(net, pending, self.lr / x.shape[0])
+        counts = torch.tensor([success, [0] * n_levels, silent, spurious], dtype=torch.long, device=output.device)
+        return FaZILResult(self.loss(output, y), output, None, n_inference_steps=n_steps - 1,
+                           simulation="events" if plan.empty else "events+reflections", detection_counts=counts)
+
+    def _simulate_cone(self, net, plan, forward, anchors, teacher, front_error, fired_at_front):
+        """The region behind the front, restricted to `plan`: the dense simulation's operations
+        on the same numbers. Returns the changes of the firings behind the front, {(step, level):
+        change}, and per level that can fire there, the number of (sample, neuron) entries that
+        fired after the front and of those the ones that fired at the front too."""
+        levels, sides = forward.levels, forward.sides
+        n_levels, n_steps = len(levels), len(plan.errors)
+        tolerance, gamma, t_d = self._resolution(net), self.gamma, self.t_d
+        offsets: list[Tensor | None] = [None] * n_levels  # None: 0, ahead of the front
+        owned = [False] * n_levels  # whether offsets[l] is this step's own buffer (moved in place)
+        # phi's history after the front. A level where a neuron that changes after its front cannot
+        # fire before the end (k + t_d > n_steps - 1) keeps it for the neurons silent at the front
+        # only, gathered (entries[l]: their flat indices; unchanged[l]: still at rest since long
+        # ago); the others keep it for every neuron, with the step of its last change (the run of
+        # equal values ending at t - 1 is t - that step, ChangeDetector's run)
+        entries: list[Tensor | None] = [None] * n_levels
+        unchanged: list[Tensor | None] = [None] * n_levels
+        last_change: list[Tensor | None] = [None] * n_levels
+        previous_error: list[Tensor | None] = [None] * n_levels
+        previous_prediction: list[Tensor | None] = [None] * n_levels
+        fired_elsewhere: list[Tensor | None] = [None] * n_levels  # phi ORed over the steps after the front
+        for index in range(n_levels):
+            if not plan.tracked[index]:
+                continue
+            front = n_levels - 1 - index
+            if front + t_d > n_steps - 1:
+                silent = torch.nonzero(fired_at_front[index].reshape(-1).logical_not()).squeeze(1)
+                entries[index] = silent
+                unchanged[index] = torch.ones(silent.shape, dtype=torch.bool, device=silent.device)
+                previous_error[index] = front_error[index].reshape(-1).index_select(0, silent)
+                previous_prediction[index] = forward.preactivations[index].reshape(-1).index_select(0, silent)
+            else:
+                last_change[index] = torch.full(front_error[index].shape, -_LONG_AGO, dtype=torch.int32,
+                                                device=front_error[index].device).masked_fill_(fired_at_front[index], front)
+                previous_error[index] = front_error[index]
+                previous_prediction[index] = forward.preactivations[index]  # mu_l = z_l at the front
+        candidates = []  # (step, level, error, phi, rate) where phi may fire: their changes wait for the end
+        last = max((s for s in range(n_steps) if plan.errors[s] or plan.offsets[s]), default=0)
+        for s in range(1, last + 1):
+            front = n_levels - 1 - s
+            if front >= 0:
+                offsets[front] = front_error[front]  # x_l(k) = z_l + eps_l(k): the feedback that arrived
+            rates, contexts = {}, {}
+            for index in plan.rates[s]:
+                rates[index + 1], contexts[index] = levels[index].rate.forward(anchors[index] + offsets[index])
+            errors: dict[int, Tensor] = {}
+            if front >= 0:
+                errors[front] = front_error[front]
+            for index in plan.errors[s]:
+                if index == 0:  # r_0 is clamped and no weight is written before the end: mu_1 = z_1
+                    prediction = forward.preactivations[0]
+                else:
+                    prediction = levels[index].forward(rates.get(index, forward.rates[index]), sides[index])
+                if index == n_levels - 1:
+                    error = teacher.output_error(anchors[index], prediction)
+                else:
+                    error = torch.sub(anchors[index], prediction).add_(offsets[index])  # (x - mu) as the dense one
+                errors[index] = error
+                if not plan.tracked[index] or (entries[index] is not None and not entries[index].numel()):
+                    continue  # no test, or none of its neurons was silent at the front (gamma != 1)
+                tested_error, tested_prediction = error, prediction
+                if entries[index] is not None:
+                    tested_error = error.reshape(-1).index_select(0, entries[index])
+                    tested_prediction = prediction.reshape(-1).index_select(0, entries[index])
+                # ChangeDetector's test, entry by entry the same operations
+                resolution = tested_prediction.abs().add_(1).mul_(tolerance)  # change_tol * (1 + |mu|)
+                change = torch.gt((tested_error - previous_error[index]).abs_(), resolution)
+                previous_error[index] = tested_error
+                if s >= plan.first_gate[index]:
+                    moved = (tested_prediction - previous_prediction[index]).abs_()
+                    if entries[index] is not None:
+                        first_change = change & unchanged[index]
+                        phi = first_change & torch.le(moved, resolution)
+                        unchanged[index].logical_xor_(first_change)  # a change ends the long run
+                    else:
+                        phi = change & torch.le(moved, resolution) & (last_change[index] <= s - t_d)
+                    candidates.append((s, index, error, phi, rates.get(index, forward.rates[index])))
+                    fired_elsewhere[index] = phi if fired_elsewhere[index] is None else fired_elsewhere[index] | phi
+                previous_prediction[index] = tested_prediction
+                if last_change[index] is not None:
+                    last_change[index].masked_fill_(change, s)
+            for index in plan.offsets[s]:
+                feedback = levels[index + 1].input_vjp(errors[index + 1], rates.get(index + 1, forward.rates[index + 1]))
+                step = levels[index].rate.vjp(feedback, contexts[index]) - errors[index]  # gamma * (-eps + v)
+                if gamma != 1.0:
+                    step.mul_(gamma)
+                offsets[index] = offsets[index].add_(step) if owned[index] else offsets[index] + step
+                owned[index] = True
+        # the step's second host sync: which candidates fired, and how many entries fired after the front
+        counted = [index for index in range(n_levels) if fired_elsewhere[index] is not None]
+        asked = [phi.view(torch.uint8).max() for _, _, _, phi, _ in candidates]
+        for index in counted:
+            asked.append(torch.count_nonzero(fired_elsewhere[index]))
+            if entries[index] is None:  # gathered levels hold neurons silent at the front only
+                asked.append(torch.count_nonzero(fired_elsewhere[index] & fired_at_front[index]))
+        answers = torch.stack(asked).tolist() if asked else []
+        changes = {}
+        for (s, index, error, phi, rate), fired in zip(candidates, answers):
+            if not fired:
+                continue
+            if entries[index] is not None:  # phi back in the level's shape
+                phi = torch.zeros(error.numel(), dtype=torch.bool, device=error.device).index_fill_(
+                    0, entries[index][phi], True).view(error.shape)
+            changes[(s, index)] = levels[index].parameter_vjp(error * phi, rate, sides[index])
+        counts, tail = {}, iter(answers[len(candidates):])
+        for index in counted:
+            counts[index] = (next(tail), 0 if entries[index] is not None else next(tail))
+        return changes, counts
 
     def _region_step(self, net, x, y, forward):
         """The front and the region behind it, step by step as the dense simulation runs them
