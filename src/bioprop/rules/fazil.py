@@ -628,14 +628,28 @@ class FullyAutonomousZIL(LearningRule):
                 spurious[index] = elsewhere
                 success[index] -= also_at_front
                 silent[index] -= elsewhere - also_at_front
+        # Plasticity.add's sums and sweeps.write's writes, the same roundings, in buffers of this
+        # step's own (a change is a fresh tensor; one shared by two slots, an Elman step's bias
+        # VJP, is copied first)
         pending: list[Tensor | None] = [None] * len(net.parameters_list())
         for changes in per_step:
             if all(change is None for change in changes):
                 continue
+            seen = set()
             for slot, total in enumerate(pool(net, levels, changes, slots)):
-                if total is not None:
-                    pending[slot] = total if pending[slot] is None else pending[slot] + total
-        write(net, pending, self.lr / x.shape[0])
+                if total is None:
+                    continue
+                if id(total) in seen:
+                    total = total.clone()
+                seen.add(id(total))
+                if pending[slot] is None:
+                    pending[slot] = total
+                else:
+                    pending[slot].add_(total)
+        scale = self.lr / x.shape[0]
+        for parameter, total in zip(net.parameters_list(), pending):
+            if total is not None:
+                parameter.data.add_(total.mul_(scale))  # parameter + (scale * total), as sweeps.write
         counts = torch.tensor([success, [0] * n_levels, silent, spurious], dtype=torch.long, device=output.device)
         return FaZILResult(self.loss(output, y), output, None, n_inference_steps=n_steps - 1,
                            simulation="events" if plan.empty else "events+reflections", detection_counts=counts)
