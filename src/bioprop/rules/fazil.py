@@ -91,15 +91,50 @@ firings and the detection counts); "auto" (the default) picks it where it is exa
   check: the front's changes are collected and written afterwards in the dense order; deferring
   a write meant for "at once" changes nothing, since a parameter read by one level is read
   after that level's front only by the region behind the front, which then cannot fire.
-- Otherwise ("events+reflections") the region behind the front is simulated step by step with
-  the dense simulation's operations on the same numbers (phi's history, previous error and
-  prediction and run length, kept only for the levels the front has reached: the levels ahead
-  are still at rest and are neither computed nor updated), so its firings are the dense ones
-  (for L = 4 it computes 10 of the dense simulation's 16 level-steps; in float32 this is the
-  usual case, so the float32 saving is about a third of the dense cost, not Z-IL's cost).
-  It needs C1 only (any gamma, n_steps, t_d). A level with no silent neuron at its front and
-  fewer than t_d steps left after it cannot fire again (the run argument above): its gate and
-  history are no longer computed, only the errors it feeds back.
+- Otherwise ("events+reflections") the region behind the front is simulated with the dense
+  simulation's operations on the same numbers, so its firings are the dense ones. It needs C1
+  only (any gamma, n_steps, t_d). Two forms:
+
+  Pooled steps (nothing is written before the presentation ends: batch_plasticity pooled, or
+  auto with B > 1, and shared parameters pooled; the weights then stay put during the call).
+  The front runs first, for every level (Z-IL's sweep, as above); one host sync reads how many
+  neurons fired at each front. phi_l can then fire after its front k only at steps t with
+  k < t <= n_steps - 1 where some neuron's last change is t_d or more steps back: from k + 1 on
+  if a neuron of level l was silent at its front, from k + t_d on otherwise (every neuron changed
+  at k; the run argument above); with gamma != 1 (C3 broken) every step after k is tested. A
+  level with such a step is "tracked": its change test runs at every step after its front (the
+  history phi needs). The tested points need the errors of a cone only: eps_l(s) reads x_l(s)
+  and, through mu_l(s) = A_l(g_{l-1}(x_{l-1}(s))), x_{l-1}(s); x_l(s) reads x_l(s-1), eps_l(s-1)
+  and eps_{l+1}(s-1) (influence travels one level per step), so eps_l(s) is computed only where
+  a tested (l', t) lies within t - s levels of it, a value node only where its own error or the
+  one above it is computed, and nothing after the last computed step (`plan_region`; tested
+  against a brute-force closure of this graph in tests/test_fazil_cone.py). Examples: on
+  784-256-256-256-10 in float32 (levels 2 and 3 keep silent neurons, the output none) the cone
+  is 5 of the region's 6 level-steps behind the front (the output's error at the last step feeds
+  nothing tested); on LeNet-5 in float64 (L = 5 > t_d = 4: only the output may fire again, at
+  t = 4) it is 6 of 10, and no conv level is computed behind its front. Where a changed neuron
+  cannot fire before the end (k + t_d > n_steps - 1) phi's history is kept for the neurons
+  silent at the front only, gathered by index (a change ends their long run for good); else
+  for every neuron, as the step of its last change. A firing's change is
+  parameter_vjp(phi * eps_l, r_{l-1}, u_l), the same op on the same numbers whenever it is
+  computed, so the candidates' errors are kept and, after one more host sync at the end (which
+  fired), the changes of those that fired are computed and pooled in the dense step order
+  (Plasticity.add's sums, sweeps.write's roundings, in buffers of the step's own).
+
+  Steps with a change written at once (B = 1 under auto, or batch_plasticity="immediate"): the
+  region, levels first .. L, is simulated step by step (for L = 4, 10 of the dense simulation's
+  16 level-steps), one host sync per step asking which levels behind the front fired (the
+  writes move the predictions of the later steps). A level with no silent neuron at its front
+  and fewer than t_d steps left after it cannot fire again: its gate is no longer computed.
+
+  The cost (measured, docs/rules.md). In float64 the benchmark nets have no silent neuron, so
+  the MLP runs the front alone (Z-IL's products); in float32 a faithful step needs the cone's
+  extra forwards and VJPs and the late firings' outer products: on 784-256-256-256-10 per sample
+  Z-IL's 802,304 multiply-adds (forward 334,336, VJPs down 133,632, outer products 334,336) plus
+  201,728 (cone forwards) + 70,656 (cone VJPs) + 65,536 per level-step that fires late (level 2
+  fires at t = 3 in nearly every batch, level 3 at t = 2 or 3 in most): 1.34x Z-IL's before a
+  late firing, 1.42-1.50x with the one to three that fire, so no faithful float32 step reaches
+  Z-IL's cost there (plain PyTorch's step has Z-IL's products).
 
 So "auto" (the default) runs the dense reference when init_noise > 0 (C1 broken), when a trace
 is asked for, or when a parameter shared by several levels is written at once (a shared
