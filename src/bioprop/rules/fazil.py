@@ -725,7 +725,13 @@ class FullyAutonomousZIL(LearningRule):
                                                 device=front_error[index].device).masked_fill_(fired_at_front[index], front)
                 previous_error[index] = front_error[index]
                 previous_prediction[index] = forward.preactivations[index]  # mu_l = z_l at the front
-        candidates = []  # (step, level, error, phi, rate) where phi may fire: their changes wait for the end
+        candidates = []  # (step, level, error, phi, rate) where phi may fire
+        changes = {}  # (step, level) -> the change of a firing behind the front
+        # the candidates' changes wait for the end (one host sync) where they are few; where they
+        # are many (a long RNN: hundreds of level-steps) holding their errors costs more memory
+        # traffic than a sync per step (the same numbers either way: the changes are pooled)
+        tested = sum(n_steps - first for first in plan.first_gate if first is not None)
+        per_step_sync = tested > 2 * n_levels
         last = max((s for s in range(n_steps) if plan.errors[s] or plan.offsets[s]), default=0)
         for s in range(1, last + 1):
             front = n_levels - 1 - s
@@ -777,15 +783,25 @@ class FullyAutonomousZIL(LearningRule):
                     step.mul_(gamma)
                 offsets[index] = offsets[index].add_(step) if owned[index] else offsets[index] + step
                 owned[index] = True
-        # the step's second host sync: which candidates fired, and how many entries fired after the front
+            if per_step_sync and candidates:
+                self._resolve(levels, sides, entries, candidates, changes, [])
+        # the step's last host sync: which candidates fired, and how many entries fired after the front
         counted = [index for index in range(n_levels) if fired_elsewhere[index] is not None]
-        asked = [phi.view(torch.uint8).max() for _, _, _, phi, _ in candidates]
+        asked = []
         for index in counted:
             asked.append(torch.count_nonzero(fired_elsewhere[index]))
             if entries[index] is None:  # gathered levels hold neurons silent at the front only
                 asked.append(torch.count_nonzero(fired_elsewhere[index] & fired_at_front[index]))
-        answers = torch.stack(asked).tolist() if asked else []
-        changes = {}
+        tail = iter(self._resolve(levels, sides, entries, candidates, changes, asked))
+        counts = {index: (next(tail), 0 if entries[index] is not None else next(tail)) for index in counted}
+        return changes, counts
+
+    @staticmethod
+    def _resolve(levels, sides, entries, candidates, changes, asked) -> list:
+        """One host sync: which candidates fired (their changes go into `changes`), and the
+        values of the 0-d tensors `asked`."""
+        answers = torch.stack([phi.view(torch.uint8).max() for _, _, _, phi, _ in candidates] + asked).tolist() \
+            if candidates or asked else []
         for (s, index, error, phi, rate), fired in zip(candidates, answers):
             if not fired:
                 continue
@@ -793,10 +809,8 @@ class FullyAutonomousZIL(LearningRule):
                 phi = torch.zeros(error.numel(), dtype=torch.bool, device=error.device).index_fill_(
                     0, entries[index][phi], True).view(error.shape)
             changes[(s, index)] = levels[index].parameter_vjp(error * phi, rate, sides[index])
-        counts, tail = {}, iter(answers[len(candidates):])
-        for index in counted:
-            counts[index] = (next(tail), 0 if entries[index] is not None else next(tail))
-        return changes, counts
+        candidates.clear()
+        return answers[len(answers) - len(asked):]
 
     def _region_step(self, net, x, y, forward):
         """The front and the region behind it, step by step as the dense simulation runs them
