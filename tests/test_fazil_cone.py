@@ -126,7 +126,8 @@ def test_float32_mlp_with_late_firings_and_a_skipped_output():
 
 def test_float32_mlp_whose_changed_neurons_may_fire_again():
     # t_d = 2 < L: the history of every neuron is kept (last change), not only the silent ones
-    equal, ran, spurious = compare(mlp((30, 40, 40, 40, 5), dtype=torch.float32), (30,), "mse", 16, torch.float32, t_d=2)
+    make = mlp((30, 40, 40, 40, 5), dtype=torch.float32)
+    equal, ran, spurious = compare(make, (30,), "mse", 16, torch.float32, t_d=2)
     assert equal and ran == ["events+reflections"] * 2 and sum(spurious) > 0
 
 

@@ -155,7 +155,7 @@ import torch
 
 from ..errors import BioPropError
 from ..network import Network
-from ..sweeps import pool, write
+from ..sweeps import pool
 from .base import LearningRule, StepResult, check_batch, check_int, check_positive
 from .predictive_coding import (
     FreeOutput,
@@ -722,7 +722,8 @@ class FullyAutonomousZIL(LearningRule):
                 previous_prediction[index] = forward.preactivations[index].reshape(-1).index_select(0, silent)
             else:
                 last_change[index] = torch.full(front_error[index].shape, -_LONG_AGO, dtype=torch.int32,
-                                                device=front_error[index].device).masked_fill_(fired_at_front[index], front)
+                                                device=front_error[index].device)
+                last_change[index].masked_fill_(fired_at_front[index], front)
                 previous_error[index] = front_error[index]
                 previous_prediction[index] = forward.preactivations[index]  # mu_l = z_l at the front
         candidates = []  # (step, level, error, phi, rate) where phi may fire
@@ -777,7 +778,8 @@ class FullyAutonomousZIL(LearningRule):
                 if last_change[index] is not None:
                     last_change[index].masked_fill_(change, s)
             for index in plan.offsets[s]:
-                feedback = levels[index + 1].input_vjp(errors[index + 1], rates.get(index + 1, forward.rates[index + 1]))
+                above = index + 1
+                feedback = levels[above].input_vjp(errors[above], rates.get(above, forward.rates[above]))
                 step = levels[index].rate.vjp(feedback, contexts[index]) - errors[index]  # gamma * (-eps + v)
                 if gamma != 1.0:
                     step.mul_(gamma)
