@@ -119,7 +119,10 @@ firings and the detection counts); "auto" (the default) picks it where it is exa
   parameter_vjp(phi * eps_l, r_{l-1}, u_l), the same op on the same numbers whenever it is
   computed, so the candidates' errors are kept and, after one more host sync at the end (which
   fired), the changes of those that fired are computed and pooled in the dense step order
-  (Plasticity.add's sums, sweeps.write's roundings, in buffers of the step's own).
+  (Plasticity.add's sums, sweeps.write's roundings, in buffers of the step's own). Where more
+  than 2L level-steps are tested (a long RNN: hundreds), holding their errors costs more than
+  a sync per step, so there each step's candidates are resolved at its end. Host syncs: one
+  when the front alone runs, two with the cone, one per step more in that last case.
 
   Steps with a change written at once (B = 1 under auto, or batch_plasticity="immediate"): the
   region, levels first .. L, is simulated step by step (for L = 4, 10 of the dense simulation's
@@ -132,8 +135,8 @@ firings and the detection counts); "auto" (the default) picks it where it is exa
   extra forwards and VJPs and the late firings' outer products: on 784-256-256-256-10 per sample
   Z-IL's 802,304 multiply-adds (forward 334,336, VJPs down 133,632, outer products 334,336) plus
   201,728 (cone forwards) + 70,656 (cone VJPs) + 65,536 per level-step that fires late (level 2
-  fires at t = 3 in nearly every batch, level 3 at t = 2 or 3 in most): 1.34x Z-IL's before a
-  late firing, 1.42-1.50x with the one to three that fire, so no faithful float32 step reaches
+  fires at t = 3 in nearly every batch, level 3 at t = 2 or 3 in most): 1.34x Z-IL's without
+  a late firing, 1.42-1.50x with the one to three that fire, so no faithful float32 step reaches
   Z-IL's cost there (plain PyTorch's step has Z-IL's products).
 
 So "auto" (the default) runs the dense reference when init_noise > 0 (C1 broken), when a trace
