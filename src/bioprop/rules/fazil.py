@@ -91,15 +91,53 @@ firings and the detection counts); "auto" (the default) picks it where it is exa
   check: the front's changes are collected and written afterwards in the dense order; deferring
   a write meant for "at once" changes nothing, since a parameter read by one level is read
   after that level's front only by the region behind the front, which then cannot fire.
-- Otherwise ("events+reflections") the region behind the front is simulated step by step with
-  the dense simulation's operations on the same numbers (phi's history, previous error and
-  prediction and run length, kept only for the levels the front has reached: the levels ahead
-  are still at rest and are neither computed nor updated), so its firings are the dense ones
-  (for L = 4 it computes 10 of the dense simulation's 16 level-steps; in float32 this is the
-  usual case, so the float32 saving is about a third of the dense cost, not Z-IL's cost).
-  It needs C1 only (any gamma, n_steps, t_d). A level with no silent neuron at its front and
-  fewer than t_d steps left after it cannot fire again (the run argument above): its gate and
-  history are no longer computed, only the errors it feeds back.
+- Otherwise ("events+reflections") the region behind the front is simulated with the dense
+  simulation's operations on the same numbers, so its firings are the dense ones. It needs C1
+  only (any gamma, n_steps, t_d). Two forms:
+
+  Pooled steps (nothing is written before the presentation ends: batch_plasticity pooled, or
+  auto with B > 1, and shared parameters pooled; the weights then stay put during the call).
+  The front runs first, for every level (Z-IL's sweep, as above); one host sync reads how many
+  neurons fired at each front. phi_l can then fire after its front k only at steps t with
+  k < t <= n_steps - 1 where some neuron's last change is t_d or more steps back: from k + 1 on
+  if a neuron of level l was silent at its front, from k + t_d on otherwise (every neuron changed
+  at k; the run argument above); with gamma != 1 (C3 broken) every step after k is tested. A
+  level with such a step is "tracked": its change test runs at every step after its front (the
+  history phi needs). The tested points need the errors of a cone only: eps_l(s) reads x_l(s)
+  and, through mu_l(s) = A_l(g_{l-1}(x_{l-1}(s))), x_{l-1}(s); x_l(s) reads x_l(s-1), eps_l(s-1)
+  and eps_{l+1}(s-1) (influence travels one level per step), so eps_l(s) is computed only where
+  a tested (l', t) lies within t - s levels of it, a value node only where its own error or the
+  one above it is computed, and nothing after the last computed step (`plan_region`; tested
+  against a brute-force closure of this graph in tests/test_fazil_cone.py). Examples: on
+  784-256-256-256-10 in float32 (levels 2 and 3 keep silent neurons, the output none) the cone
+  is 5 of the region's 6 level-steps behind the front (the output's error at the last step feeds
+  nothing tested); on LeNet-5 in float64 (L = 5 > t_d = 4: only the output may fire again, at
+  t = 4) it is 6 of 10, and no conv level is computed behind its front. Where a changed neuron
+  cannot fire before the end (k + t_d > n_steps - 1) phi's history is kept for the neurons
+  silent at the front only, gathered by index (a change ends their long run for good); else
+  for every neuron, as the step of its last change. A firing's change is
+  parameter_vjp(phi * eps_l, r_{l-1}, u_l), the same op on the same numbers whenever it is
+  computed, so the candidates' errors are kept and, after one more host sync at the end (which
+  fired), the changes of those that fired are computed and pooled in the dense step order
+  (Plasticity.add's sums, sweeps.write's roundings, in buffers of the step's own). Where more
+  than 2L level-steps are tested (a long RNN: hundreds), holding their errors costs more than
+  a sync per step, so there each step's candidates are resolved at its end. Host syncs: one
+  when the front alone runs, two with the cone, one per step more in that last case.
+
+  Steps with a change written at once (B = 1 under auto, or batch_plasticity="immediate"): the
+  region, levels first .. L, is simulated step by step (for L = 4, 10 of the dense simulation's
+  16 level-steps), one host sync per step asking which levels behind the front fired (the
+  writes move the predictions of the later steps). A level with no silent neuron at its front
+  and fewer than t_d steps left after it cannot fire again: its gate is no longer computed.
+
+  The cost (measured, docs/rules.md). In float64 the benchmark nets have no silent neuron, so
+  the MLP runs the front alone (Z-IL's products); in float32 a faithful step needs the cone's
+  extra forwards and VJPs and the late firings' outer products: on 784-256-256-256-10 per sample
+  Z-IL's 802,304 multiply-adds (forward 334,336, VJPs down 133,632, outer products 334,336) plus
+  201,728 (cone forwards) + 70,656 (cone VJPs) + 65,536 per level-step that fires late (level 2
+  fires at t = 3 in nearly every batch, level 3 at t = 2 or 3 in most): 1.34x Z-IL's without
+  a late firing, 1.42-1.50x with the one to three that fire, so no faithful float32 step reaches
+  Z-IL's cost there (plain PyTorch's step has Z-IL's products).
 
 So "auto" (the default) runs the dense reference when init_noise > 0 (C1 broken), when a trace
 is asked for, or when a parameter shared by several levels is written at once (a shared
@@ -114,6 +152,7 @@ is real: a prediction phase that is not bit-for-bit still, so no level is exactl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 
@@ -295,6 +334,59 @@ def front_tally(fired_at_front, changed_at_front, fired_elsewhere, device) -> Te
     return torch.stack(rows, dim=1)
 
 
+@dataclass(frozen=True)
+class RegionPlan:
+    """What a pooled step computes behind the front (module docstring, "the cone"), per step s:
+    errors[s], the levels behind the front whose error eps_l(s) is computed; rates[s], the
+    levels l whose rate g_l(x_l(s)) is recomputed (for mu_{l+1}(s) and the VJP context at x_l(s));
+    offsets[s], the levels whose value node x_l(s + 1) is computed. Per level: tracked[l], whether
+    its change test runs at every step after its front (it has a step at which phi may fire), and
+    first_gate[l], the first step at which phi may fire (None: none)."""
+
+    errors: tuple[tuple[int, ...], ...]
+    rates: tuple[tuple[int, ...], ...]
+    offsets: tuple[tuple[int, ...], ...]
+    tracked: tuple[bool, ...]
+    first_gate: tuple[int | None, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.tracked)
+
+
+def plan_region(n_levels: int, n_steps: int, t_d: int, silent: Sequence[bool], any_step: bool) -> RegionPlan:
+    """The cone of a pooled step (module docstring). Level l (0-based) has its front at
+    k_l = L - 1 - l. phi_l may fire at t > k_l only where a neuron's last change is at least t_d
+    steps back: from k_l + 1 on if a neuron was silent at the front (silent[l]), from k_l + t_d
+    on otherwise (every neuron changed at k_l); any_step: from k_l + 1 on for every level (the
+    conservative choice, gamma != 1). eps_l(s) is needed where a tested (l', t) lies within
+    t - s levels of it; x_l(s + 1) where eps_l(s + 1) or eps_{l+1}(s + 1) is."""
+    front = [n_levels - 1 - level for level in range(n_levels)]
+    first_gate: list[int | None] = []
+    for level in range(n_levels):
+        start = front[level] + (1 if any_step or silent[level] else t_d)
+        first_gate.append(start if front[level] < n_steps - 1 and start <= n_steps - 1 else None)
+    tracked = tuple(start is not None for start in first_gate)
+    needed: list[set[int]] = [set() for _ in range(n_steps)]
+    current: set[int] = set()
+    for s in reversed(range(n_steps)):
+        around = {neighbour for level in current for neighbour in (level - 1, level, level + 1)}
+        around.update(level for level in range(n_levels) if tracked[level] and front[level] < s)
+        current = {level for level in around if 0 <= level < n_levels and front[level] <= s}
+        needed[s] = current
+    errors, rates, offsets = [], [], []
+    for s in range(n_steps):
+        behind = tuple(sorted(level for level in needed[s] if front[level] < s))
+        moved = tuple(
+            level for level in range(n_levels - 1)
+            if front[level] <= s < n_steps - 1 and (level in needed[s + 1] or level + 1 in needed[s + 1])
+        )
+        errors.append(behind)
+        offsets.append(moved)
+        rates.append(tuple(sorted({level - 1 for level in behind if level > 0} | set(moved))))
+    return RegionPlan(tuple(errors), tuple(rates), tuple(offsets), tracked, tuple(first_gate))
+
+
 @dataclass
 class FaZILResult(StepResult):
     """Fa-Z-IL's step: loss (a 0-d tensor on the events paths, a float on the dense one, which
@@ -450,6 +542,8 @@ class FullyAutonomousZIL(LearningRule):
             levels = forward.levels
             slots = net.parameter_slots(levels)
             if not (net.shares_parameters(slots) and self.shared_updates == "immediate"):
+                if not any(self._write_schedule(net, levels, x.shape[0])):
+                    return self._pooled_step(net, x, y, forward, slots)
                 # the front alone when it may be exact; after a call that needed the reflections,
                 # go to them directly (both give the dense result: this only saves the front's work)
                 if self.gamma == 1.0 and (self.n_steps or len(levels)) <= self.t_d and not self._reflections_needed:
@@ -522,6 +616,206 @@ class FullyAutonomousZIL(LearningRule):
         nothing = torch.zeros_like(success)  # no miss, no firing elsewhere
         return FaZILResult(self.loss(output, y), output, None, n_inference_steps=n_steps - 1, simulation="events",
                            detection_counts=torch.stack([success, nothing, silent, nothing]))
+
+    def _pooled_step(self, net, x, y, forward, slots):
+        """A step whose changes all wait for the presentation's end (module docstring): the front,
+        then, where a neuron may still fire, the cone behind it; the changes in the dense order."""
+        levels, sides, anchors = forward.levels, forward.sides, list(forward.preactivations)
+        n_levels = len(levels)
+        n_steps = self.n_steps or n_levels
+        output = forward.output
+        teacher = make_teacher(self.loss, y, output)
+        if isinstance(teacher, ValueClamp):
+            anchors[-1] = teacher.target
+        tolerance, gamma = self._resolution(net), self.gamma
+        # the front, as the dense simulation computes it: eps_l(k) = 0 + gamma * (-0 + v)
+        front_error: list[Tensor | None] = [None] * n_levels
+        fired_at_front: list[Tensor | None] = [None] * n_levels
+        per_step: list[list] = [[None] * n_levels for _ in range(n_steps)]
+        error = teacher.output_error(output, output)  # eps_L(0): the teacher reads the prediction only
+        reached = min(n_steps, n_levels)
+        for t in range(reached):
+            index = n_levels - 1 - t
+            level = levels[index]
+            front_error[index] = error
+            # phi at the front: changed, from feedback (mu = z_l), at rest long before
+            fired = torch.gt(error.abs(), forward.preactivations[index].abs().add_(1).mul_(tolerance))
+            fired_at_front[index] = fired
+            per_step[t][index] = level.parameter_vjp(error * fired, forward.rates[index], sides[index])
+            if index > 0 and t < n_steps - 1:
+                feedback = level.input_vjp(error, forward.rates[index])
+                error = levels[index - 1].rate.vjp(feedback, forward.contexts[index - 1])
+                if gamma != 1.0:
+                    error = error * gamma
+        first_reached = n_levels - reached
+        # the step's first host sync: how many fired at each front (the rest are silent)
+        counted = torch.stack([torch.count_nonzero(fired_at_front[i]) for i in range(first_reached, n_levels)])
+        success = [0] * first_reached + counted.tolist()
+        sizes = [0 if fired is None else fired.numel() for fired in fired_at_front]
+        silent = [size - count for size, count in zip(sizes, success)]
+        plan = plan_region(n_levels, n_steps, self.t_d, [count > 0 for count in silent], any_step=gamma != 1.0)
+        spurious = [0] * n_levels
+        if not plan.empty:
+            late_changes, late_counts = self._simulate_cone(net, plan, forward, anchors, teacher, front_error,
+                                                            fired_at_front)
+            for (s, index), change in late_changes.items():
+                per_step[s][index] = change
+            for index, (elsewhere, also_at_front) in late_counts.items():
+                # fired elsewhere: spurious; of those, the ones that fired at the front too are no success,
+                # the others no harmless miss
+                spurious[index] = elsewhere
+                success[index] -= also_at_front
+                silent[index] -= elsewhere - also_at_front
+        # Plasticity.add's sums and sweeps.write's writes, the same roundings, in buffers of this
+        # step's own (a change is a fresh tensor; one shared by two slots, an Elman step's bias
+        # VJP, is copied first)
+        pending: list[Tensor | None] = [None] * len(net.parameters_list())
+        for changes in per_step:
+            if all(change is None for change in changes):
+                continue
+            seen = set()
+            for slot, total in enumerate(pool(net, levels, changes, slots)):
+                if total is None:
+                    continue
+                if id(total) in seen:
+                    total = total.clone()
+                seen.add(id(total))
+                if pending[slot] is None:
+                    pending[slot] = total
+                else:
+                    pending[slot].add_(total)
+        scale = self.lr / x.shape[0]
+        for parameter, total in zip(net.parameters_list(), pending):
+            if total is not None:
+                parameter.data.add_(total.mul_(scale))  # parameter + (scale * total), as sweeps.write
+        counts = torch.tensor([success, [0] * n_levels, silent, spurious], dtype=torch.long, device=output.device)
+        return FaZILResult(self.loss(output, y), output, None, n_inference_steps=n_steps - 1,
+                           simulation="events" if plan.empty else "events+reflections", detection_counts=counts)
+
+    def _simulate_cone(self, net, plan, forward, anchors, teacher, front_error, fired_at_front):
+        """The region behind the front, restricted to `plan`: the dense simulation's operations
+        on the same numbers. Returns the changes of the firings behind the front, {(step, level):
+        change}, and per level that can fire there, the number of (sample, neuron) entries that
+        fired after the front and of those the ones that fired at the front too."""
+        levels, sides = forward.levels, forward.sides
+        n_levels, n_steps = len(levels), len(plan.errors)
+        tolerance, gamma, t_d = self._resolution(net), self.gamma, self.t_d
+        offsets: list[Tensor | None] = [None] * n_levels  # None: 0, ahead of the front
+        owned = [False] * n_levels  # whether offsets[l] is this step's own buffer (moved in place)
+        # phi's history after the front. A level where a neuron that changes after its front cannot
+        # fire before the end (k + t_d > n_steps - 1) keeps it for the neurons silent at the front
+        # only, gathered (entries[l]: their flat indices; unchanged[l]: still at rest since long
+        # ago); the others keep it for every neuron, with the step of its last change (the run of
+        # equal values ending at t - 1 is t - that step, ChangeDetector's run)
+        entries: list[Tensor | None] = [None] * n_levels
+        unchanged: list[Tensor | None] = [None] * n_levels
+        last_change: list[Tensor | None] = [None] * n_levels
+        previous_error: list[Tensor | None] = [None] * n_levels
+        previous_prediction: list[Tensor | None] = [None] * n_levels
+        fired_elsewhere: list[Tensor | None] = [None] * n_levels  # phi ORed over the steps after the front
+        for index in range(n_levels):
+            if not plan.tracked[index]:
+                continue
+            front = n_levels - 1 - index
+            if front + t_d > n_steps - 1:
+                silent = torch.nonzero(fired_at_front[index].reshape(-1).logical_not()).squeeze(1)
+                entries[index] = silent
+                unchanged[index] = torch.ones(silent.shape, dtype=torch.bool, device=silent.device)
+                previous_error[index] = front_error[index].reshape(-1).index_select(0, silent)
+                previous_prediction[index] = forward.preactivations[index].reshape(-1).index_select(0, silent)
+            else:
+                last_change[index] = torch.full(front_error[index].shape, -_LONG_AGO, dtype=torch.int32,
+                                                device=front_error[index].device)
+                last_change[index].masked_fill_(fired_at_front[index], front)
+                previous_error[index] = front_error[index]
+                previous_prediction[index] = forward.preactivations[index]  # mu_l = z_l at the front
+        candidates = []  # (step, level, error, phi, rate) where phi may fire
+        changes = {}  # (step, level) -> the change of a firing behind the front
+        # the candidates' changes wait for the end (one host sync) where they are few; where they
+        # are many (a long RNN: hundreds of level-steps) holding their errors costs more memory
+        # traffic than a sync per step (the same numbers either way: the changes are pooled)
+        tested = sum(n_steps - first for first in plan.first_gate if first is not None)
+        per_step_sync = tested > 2 * n_levels
+        last = max((s for s in range(n_steps) if plan.errors[s] or plan.offsets[s]), default=0)
+        for s in range(1, last + 1):
+            front = n_levels - 1 - s
+            if front >= 0:
+                offsets[front] = front_error[front]  # x_l(k) = z_l + eps_l(k): the feedback that arrived
+            rates, contexts = {}, {}
+            for index in plan.rates[s]:
+                rates[index + 1], contexts[index] = levels[index].rate.forward(anchors[index] + offsets[index])
+            errors: dict[int, Tensor] = {}
+            if front >= 0:
+                errors[front] = front_error[front]
+            for index in plan.errors[s]:
+                if index == 0:  # r_0 is clamped and no weight is written before the end: mu_1 = z_1
+                    prediction = forward.preactivations[0]
+                else:
+                    prediction = levels[index].forward(rates.get(index, forward.rates[index]), sides[index])
+                if index == n_levels - 1:
+                    error = teacher.output_error(anchors[index], prediction)
+                else:
+                    error = torch.sub(anchors[index], prediction).add_(offsets[index])  # (x - mu) as the dense one
+                errors[index] = error
+                if not plan.tracked[index] or (entries[index] is not None and not entries[index].numel()):
+                    continue  # no test, or none of its neurons was silent at the front (gamma != 1)
+                tested_error, tested_prediction = error, prediction
+                if entries[index] is not None:
+                    tested_error = error.reshape(-1).index_select(0, entries[index])
+                    tested_prediction = prediction.reshape(-1).index_select(0, entries[index])
+                # ChangeDetector's test, entry by entry the same operations
+                resolution = tested_prediction.abs().add_(1).mul_(tolerance)  # change_tol * (1 + |mu|)
+                change = torch.gt((tested_error - previous_error[index]).abs_(), resolution)
+                previous_error[index] = tested_error
+                if s >= plan.first_gate[index]:
+                    moved = (tested_prediction - previous_prediction[index]).abs_()
+                    if entries[index] is not None:
+                        first_change = change & unchanged[index]
+                        phi = first_change & torch.le(moved, resolution)
+                        unchanged[index].logical_xor_(first_change)  # a change ends the long run
+                    else:
+                        phi = change & torch.le(moved, resolution) & (last_change[index] <= s - t_d)
+                    candidates.append((s, index, error, phi, rates.get(index, forward.rates[index])))
+                    fired_elsewhere[index] = phi if fired_elsewhere[index] is None else fired_elsewhere[index] | phi
+                previous_prediction[index] = tested_prediction
+                if last_change[index] is not None:
+                    last_change[index].masked_fill_(change, s)
+            for index in plan.offsets[s]:
+                above = index + 1
+                feedback = levels[above].input_vjp(errors[above], rates.get(above, forward.rates[above]))
+                step = levels[index].rate.vjp(feedback, contexts[index]) - errors[index]  # gamma * (-eps + v)
+                if gamma != 1.0:
+                    step.mul_(gamma)
+                offsets[index] = offsets[index].add_(step) if owned[index] else offsets[index] + step
+                owned[index] = True
+            if per_step_sync and candidates:
+                self._resolve(levels, sides, entries, candidates, changes, [])
+        # the step's last host sync: which candidates fired, and how many entries fired after the front
+        counted = [index for index in range(n_levels) if fired_elsewhere[index] is not None]
+        asked = []
+        for index in counted:
+            asked.append(torch.count_nonzero(fired_elsewhere[index]))
+            if entries[index] is None:  # gathered levels hold neurons silent at the front only
+                asked.append(torch.count_nonzero(fired_elsewhere[index] & fired_at_front[index]))
+        tail = iter(self._resolve(levels, sides, entries, candidates, changes, asked))
+        counts = {index: (next(tail), 0 if entries[index] is not None else next(tail)) for index in counted}
+        return changes, counts
+
+    @staticmethod
+    def _resolve(levels, sides, entries, candidates, changes, asked) -> list:
+        """One host sync: which candidates fired (their changes go into `changes`), and the
+        values of the 0-d tensors `asked`."""
+        answers = torch.stack([phi.view(torch.uint8).max() for _, _, _, phi, _ in candidates] + asked).tolist() \
+            if candidates or asked else []
+        for (s, index, error, phi, rate), fired in zip(candidates, answers):
+            if not fired:
+                continue
+            if entries[index] is not None:  # phi back in the level's shape
+                phi = torch.zeros(error.numel(), dtype=torch.bool, device=error.device).index_fill_(
+                    0, entries[index][phi], True).view(error.shape)
+            changes[(s, index)] = levels[index].parameter_vjp(error * phi, rate, sides[index])
+        candidates.clear()
+        return answers[len(answers) - len(asked):]
 
     def _region_step(self, net, x, y, forward):
         """The front and the region behind it, step by step as the dense simulation runs them
