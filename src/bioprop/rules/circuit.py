@@ -62,9 +62,10 @@ step. Besides the products a step makes one pass over each plastic matrix (decay
 together, two for W_l) and a norm of each G_l; the scalars (1 / (B rho_l), the step bound's s_l)
 are 0-d tensors applied to factors of B rows, so nothing syncs with the host. V̄_l and W̄_l are
 laid out as their transposes (`_transposed_storage`), X_l is written into a workspace reused
-every step. Measured (docs/circuit.md, Cost), one thread: 3.5-4.6x a plain PyTorch SGD step,
-typically 4.0-4.3x (before: 6.9-8.1x), below the 5.08x that reading BP's time as proportional to
-its products gives, and 1.4-1.7x the floor's products timed alone.
+every step. Measured (docs/circuit.md, Cost; `benchmarks/circuit_floor.py`) on a quiet 2-core
+machine, two threads: 3.0-3.2x a plain PyTorch SGD step (before: 4.5x; one thread 3.7x, before
+6.9-8.1x on a loaded machine), below the 5.08x that reading BP's time as proportional to its
+products gives, and 1.6-1.7x the floor's products timed alone (plain PyTorch: 2.4-2.9x its own).
 
 Networks. The circuit is stated for fully connected layers: every pathway matrix has the shape of
 a layer's width, and D_l is elementwise. On Linear-only networks it runs as above (`linear_levels`
