@@ -236,3 +236,36 @@ def test_flags_still_unread_at_exit_are_reported(deferring, capsys):
     assert "x: contains NaN or infinite values" in capsys.readouterr().err
     batches._unread_at_exit()  # read and cleared: nothing more to say
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("name", ["fa", "kp", "sign", "credit"])
+def test_an_rnn_steps_two_bias_estimates_are_two_tensors(name):
+    # an Elman step's bias VJP serves b_ih and b_hh: the pooled totals must not be one object
+    net = bioprop.ElmanRNN(3, 4, 3, dtype=torch.float64, seed=2)
+    x = torch.randn(5, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0, 1])
+    estimates = bioprop.make_rule(name, lr=0.1).step(net, x, y).gradient_estimates
+    named = dict(zip(net.parameter_names(), estimates))
+    bias_ih, bias_hh = named["rnn.bias_ih_l0"], named["rnn.bias_hh_l0"]
+    assert bias_ih is not bias_hh and torch.equal(bias_ih, bias_hh)
+    bias_ih.mul_(0)
+    assert bias_hh.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["fa", "dfa", "credit"])
+def test_a_result_with_fields_not_yet_read_pickles(name, tmp_path):
+    net = bioprop.MLP([4, 5, 3], dtype=torch.float64, seed=0)
+    x, y = torch.rand(6, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    result = bioprop.make_rule(name, lr=0.1).step(net, x, y)
+    torch.save(result, tmp_path / "result.pt")  # before any deferred field was read
+    loaded = torch.load(tmp_path / "result.pt", weights_only=False)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.deltas, result.deltas))
+
+
+def test_scalars_keep_the_python_number_in_half_precisions():
+    from bioprop.sweeps import scalar
+
+    values = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        operand = values.to(dtype)
+        assert torch.equal(operand * scalar(0.00015625, operand), operand * 0.00015625)

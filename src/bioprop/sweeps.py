@@ -97,11 +97,20 @@ def pool(net: Network, levels, per_level: Sequence[Sequence[Tensor] | None],
     if slots is None:
         slots = net.parameter_slots(levels)
     totals: list[Tensor | None] = [None] * len(net.parameters_list())
+    passed_through: set[int] = set()
     for level_slots, changes in zip(slots, per_level):
         if changes is None:
             continue
         for slot, change in zip(level_slots, changes):
-            totals[slot] = change if totals[slot] is None else totals[slot] + change
+            if totals[slot] is None:
+                # one tensor handed for two parameters (an Elman step's bias VJP serves b_ih and
+                # b_hh) becomes two: a caller may change one total in place
+                if id(change) in passed_through:
+                    change = change.clone()
+                passed_through.add(id(change))
+                totals[slot] = change
+            else:
+                totals[slot] = totals[slot] + change
     return totals
 
 
@@ -120,10 +129,14 @@ def _scalar(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.tensor(value, dtype=dtype, device=device)
 
 
-def scalar(value: float, like: Tensor) -> Tensor:
+def scalar(value: float, like: Tensor) -> Tensor | float:
     """`value` as a 0-d tensor of like's dtype and device (made once per value, dtype and device),
-    to multiply by: the product is the one with the Python number, which torch first converts to
-    that dtype, once per tensor and call (a copy each, a tenth of a small net's step)."""
+    to multiply by: in float32 and float64 the product is the one with the Python number, which
+    torch first converts to that dtype, once per tensor and call (a copy each, a tenth of a small
+    net's step). Other dtypes (float16, bfloat16) get the Python number itself: torch applies it
+    at float32 precision there, and a 0-d half tensor would round it first."""
+    if like.dtype not in (torch.float32, torch.float64):
+        return float(value)
     return _scalar(float(value), like.dtype, like.device)
 
 

@@ -75,6 +75,21 @@ class StepResult:
             return value
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
+    def resolve(self) -> "StepResult":
+        """Form every deferred field now (pickling does it first: a maker is a closure)."""
+        for name in list(self.__dict__.get("_deferred", {})):
+            getattr(self, name)
+        return self
+
+    def __getstate__(self) -> dict:
+        self.resolve()
+        state = dict(self.__dict__)
+        state.pop("_deferred", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
 
 class LearningRule:
     """Base class. Subclasses set `name`, `claims_exactness` and implement `_step`."""

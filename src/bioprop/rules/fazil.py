@@ -389,9 +389,9 @@ def plan_region(n_levels: int, n_steps: int, t_d: int, silent: Sequence[bool], a
 
 @dataclass
 class FaZILResult(StepResult):
-    """Fa-Z-IL's step: loss (a 0-d tensor on the events paths, a float on the dense one, which
-    syncs anyway) and output before the update, the inference steps
-    run, which simulation ran ("events" or "dense", module docstring), and how the gate phi
+    """Fa-Z-IL's step: loss (a detached 0-d tensor, as every rule's) and output before the
+    update, the inference steps run, which simulation ran ("events", "events+reflections" or
+    "dense", module docstring), and how the gate phi
     fared: `detection` (a Detection, read from detection_counts, a (4, L) int64 tensor of
     success, missed, harmless and spurious counts per level, output last; kept as a tensor so
     the step does not wait for the device)."""
@@ -926,7 +926,6 @@ class FullyAutonomousZIL(LearningRule):
             init_noise=self.init_noise, noise=self._noise, record=trace,
         )
         tally.close_presentation()
-        # the dense reference has synced already (present() reports a float); tests/test_api.py asks for one
         return FaZILResult(presented.loss, presented.output, presented.trace,
                            n_inference_steps=n_steps - 1, simulation="dense", detection_counts=tally.counts())
 
