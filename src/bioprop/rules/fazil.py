@@ -158,7 +158,7 @@ import torch
 
 from ..errors import BioPropError
 from ..network import Network
-from ..sweeps import pool
+from ..sweeps import pool, scalar
 from .base import LearningRule, StepResult, check_batch, check_int, check_positive
 from .predictive_coding import (
     FreeOutput,
@@ -628,6 +628,9 @@ class FullyAutonomousZIL(LearningRule):
         if isinstance(teacher, ValueClamp):
             anchors[-1] = teacher.target
         tolerance, gamma = self._resolution(net), self.gamma
+        # the Python numbers as cached 0-d tensors of the net's dtype: torch converts a Python
+        # number to the dtype anyway, with a copy per call (sweeps.scalar: the same products)
+        one, tolerance = scalar(1.0, output), scalar(tolerance, output)
         # the front, as the dense simulation computes it: eps_l(k) = 0 + gamma * (-0 + v)
         front_error: list[Tensor | None] = [None] * n_levels
         fired_at_front: list[Tensor | None] = [None] * n_levels
@@ -639,7 +642,7 @@ class FullyAutonomousZIL(LearningRule):
             level = levels[index]
             front_error[index] = error
             # phi at the front: changed, from feedback (mu = z_l), at rest long before
-            fired = torch.gt(error.abs(), forward.preactivations[index].abs().add_(1).mul_(tolerance))
+            fired = torch.gt(error.abs(), forward.preactivations[index].abs().add_(one).mul_(tolerance))
             fired_at_front[index] = fired
             per_step[t][index] = level.parameter_vjp(error * fired, forward.rates[index], sides[index])
             if index > 0 and t < n_steps - 1:
@@ -684,10 +687,14 @@ class FullyAutonomousZIL(LearningRule):
                     pending[slot] = total
                 else:
                     pending[slot].add_(total)
-        scale = self.lr / x.shape[0]
-        for parameter, total in zip(net.parameters_list(), pending):
-            if total is not None:
-                parameter.data.add_(total.mul_(scale))  # parameter + (scale * total), as sweeps.write
+        # parameter + (scale * total), sweeps.write's products and sums, the products made in
+        # place in the step's own buffers (a fresh 784x256 product costs as much as the multiply)
+        written = [(parameter.data, total) for parameter, total in zip(net.parameters_list(), pending)
+                   if total is not None]
+        if written:
+            products = [total for _, total in written]
+            torch._foreach_mul_(products, scalar(self.lr / x.shape[0], products[0]))
+            torch._foreach_add_([parameter for parameter, _ in written], products)
         counts = torch.tensor([success, [0] * n_levels, silent, spurious], dtype=torch.long, device=output.device)
         return FaZILResult(self.loss(output, y), output, None, n_inference_steps=n_steps - 1,
                            simulation="events" if plan.empty else "events+reflections", detection_counts=counts)
@@ -700,6 +707,7 @@ class FullyAutonomousZIL(LearningRule):
         levels, sides = forward.levels, forward.sides
         n_levels, n_steps = len(levels), len(plan.errors)
         tolerance, gamma, t_d = self._resolution(net), self.gamma, self.t_d
+        one, tolerance = scalar(1.0, front_error[-1]), scalar(tolerance, front_error[-1])  # as in _pooled_step
         offsets: list[Tensor | None] = [None] * n_levels  # None: 0, ahead of the front
         owned = [False] * n_levels  # whether offsets[l] is this step's own buffer (moved in place)
         # phi's history after the front. A level where a neuron that changes after its front cannot
@@ -764,7 +772,7 @@ class FullyAutonomousZIL(LearningRule):
                     tested_error = error.reshape(-1).index_select(0, entries[index])
                     tested_prediction = prediction.reshape(-1).index_select(0, entries[index])
                 # ChangeDetector's test, entry by entry the same operations
-                resolution = tested_prediction.abs().add_(1).mul_(tolerance)  # change_tol * (1 + |mu|)
+                resolution = tested_prediction.abs().add_(one).mul_(tolerance)  # change_tol * (1 + |mu|)
                 change = torch.gt((tested_error - previous_error[index]).abs_(), resolution)
                 previous_error[index] = tested_error
                 if s >= plan.first_gate[index]:
