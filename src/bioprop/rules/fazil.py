@@ -728,7 +728,6 @@ class FullyAutonomousZIL(LearningRule):
             if front + t_d > n_steps - 1:
                 silent = torch.nonzero(fired_at_front[index].reshape(-1).logical_not()).squeeze(1)
                 entries[index] = silent
-                unchanged[index] = torch.ones(silent.shape, dtype=torch.bool, device=silent.device)
                 previous_error[index] = front_error[index].reshape(-1).index_select(0, silent)
                 previous_prediction[index] = forward.preactivations[index].reshape(-1).index_select(0, silent)
             else:
@@ -778,9 +777,17 @@ class FullyAutonomousZIL(LearningRule):
                 if s >= plan.first_gate[index]:
                     moved = (tested_prediction - previous_prediction[index]).abs_()
                     if entries[index] is not None:
-                        first_change = change & unchanged[index]
+                        # a change ends the long run; at the first test after the front every
+                        # gathered neuron is still unchanged, and after the last none is read
+                        if s == n_levels - index:
+                            first_change = change
+                            if s < last:
+                                unchanged[index] = change.logical_not()
+                        else:
+                            first_change = change & unchanged[index]
+                            if s < last:
+                                unchanged[index].logical_xor_(first_change)
                         phi = first_change & torch.le(moved, resolution)
-                        unchanged[index].logical_xor_(first_change)  # a change ends the long run
                     else:
                         phi = change & torch.le(moved, resolution) & (last_change[index] <= s - t_d)
                     candidates.append((s, index, error, phi, rates.get(index, forward.rates[index])))
@@ -818,9 +825,9 @@ class FullyAutonomousZIL(LearningRule):
         for (s, index, error, phi, rate), fired in zip(candidates, answers):
             if not fired:
                 continue
-            if entries[index] is not None:  # phi back in the level's shape
-                phi = torch.zeros(error.numel(), dtype=torch.bool, device=error.device).index_fill_(
-                    0, entries[index][phi], True).view(error.shape)
+            if entries[index] is not None:  # phi back in the level's shape, as the float gate error * phi casts it to
+                phi = torch.zeros(error.numel(), dtype=error.dtype, device=error.device).index_put_(
+                    (entries[index],), phi.to(error.dtype)).view(error.shape)
             changes[(s, index)] = levels[index].parameter_vjp(error * phi, rate, sides[index])
         candidates.clear()
         return answers[len(answers) - len(asked):]
