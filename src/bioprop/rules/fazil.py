@@ -151,6 +151,7 @@ is real: a prediction phase that is not bit-for-bit still, so no level is exactl
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -355,6 +356,13 @@ class RegionPlan:
 
 
 def plan_region(n_levels: int, n_steps: int, t_d: int, silent: Sequence[bool], any_step: bool) -> RegionPlan:
+    """The cone of a pooled step (`_plan_region`), made once per shape of the question (a step
+    asks it every call: pure Python, 0.4 ms for an RNN of 29 levels)."""
+    return _plan_region(n_levels, n_steps, t_d, tuple(bool(flag) for flag in silent), bool(any_step))
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_region(n_levels: int, n_steps: int, t_d: int, silent: tuple[bool, ...], any_step: bool) -> RegionPlan:
     """The cone of a pooled step (module docstring). Level l (0-based) has its front at
     k_l = L - 1 - l. phi_l may fire at t > k_l only where a neuron's last change is at least t_d
     steps back: from k_l + 1 on if a neuron was silent at the front (silent[l]), from k_l + t_d
