@@ -118,6 +118,22 @@ def test_planner_skips_work_on_the_benchmark_shapes():
     assert plan_region(4, 4, 4, [False] * 4, any_step=False).empty  # the front alone
 
 
+def test_cached_plans_answer_each_question_as_a_fresh_plan():
+    # plan_region is cached per (n_levels, n_steps, t_d, silent, any_step): a cached answer must
+    # be the fresh one for its own question, never another's (a list and a tuple ask the same)
+    compute = fazil._plan_region.__wrapped__
+    for any_step in (False, True):
+        for pattern in range(2 ** 5):
+            silent = [bool(pattern >> level & 1) for level in range(5)]
+            for n_steps, t_d in ((5, 4), (7, 2)):
+                asked = plan_region(5, n_steps, t_d, silent, any_step=any_step)
+                assert asked == compute(5, n_steps, t_d, tuple(silent), any_step)
+                assert plan_region(5, n_steps, t_d, tuple(silent), any_step) is asked
+    # control: two different questions get different plans (the cache key tells them apart)
+    assert plan_region(4, 4, 4, [False, True, True, False], False) != plan_region(4, 4, 4, [False] * 4, False)
+    assert plan_region(4, 4, 4, [False] * 4, True) != plan_region(4, 4, 4, [False] * 4, False)
+
+
 # -- bit for bit against the dense simulation, where the skips apply --------------------------
 def test_float32_mlp_with_late_firings_and_a_skipped_output():
     equal, ran, spurious = compare(mlp((20, 30, 30, 30, 30, 5), dtype=torch.float32), (20,), "mse", 16, torch.float32)
