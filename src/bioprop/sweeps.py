@@ -114,14 +114,31 @@ def pool(net: Network, levels, per_level: Sequence[Sequence[Tensor] | None],
     return totals
 
 
-def write(net: Network, totals: Sequence[Tensor | None], scale: float) -> None:
+def write(net: Network, totals: Sequence[Tensor | None], scale: float, in_place: bool = False) -> None:
     """parameter += (scale * total), in place, for every parameter with a change: the product
     rounded before the sum, as the MLP-era rules wrote it, so Z-IL's front trains an MLP bit for
-    bit as it did (add_(total, alpha=scale) would fuse the two roundings)."""
+    bit as it did (add_(total, alpha=scale) would fuse the two roundings). in_place=True forms
+    the products in the totals themselves (the same numbers, no fresh tensor the size of each
+    weight), for a caller that owns them."""
     written = [(parameter.data, total) for parameter, total in zip(net.parameters_list(), totals) if total is not None]
     if written:
-        products = torch._foreach_mul([t for _, t in written], scalar(scale, written[0][1]))
+        totals_written = [t for _, t in written]
+        factor = scalar(scale, written[0][1])
+        if in_place:
+            torch._foreach_mul_(totals_written, factor)
+            products = totals_written
+        else:
+            products = torch._foreach_mul(totals_written, factor)
         torch._foreach_add_([p for p, _ in written], products)
+
+
+def descend(parameters: Sequence[Tensor], estimates: Sequence[Tensor | None], lr: float) -> None:
+    """parameter -= lr * estimate, in place, for every parameter with an estimate: one fused
+    multiply-add per entry (`add_(estimate, alpha=-lr)`; unlike `write`, whose product is rounded
+    first), in one foreach call."""
+    written = [(parameter.data, estimate) for parameter, estimate in zip(parameters, estimates) if estimate is not None]
+    if written:
+        torch._foreach_add_([p for p, _ in written], [estimate for _, estimate in written], alpha=-lr)
 
 
 @functools.lru_cache(maxsize=64)
@@ -140,4 +157,4 @@ def scalar(value: float, like: Tensor) -> Tensor | float:
     return _scalar(float(value), like.dtype, like.device)
 
 
-__all__ = ["backward_sweep", "pool", "scalar", "stacked_groups", "write"]
+__all__ = ["backward_sweep", "descend", "pool", "scalar", "stacked_groups", "write"]

@@ -159,7 +159,7 @@ import torch
 
 from ..errors import BioPropError
 from ..network import Network
-from ..sweeps import pool, scalar
+from ..sweeps import pool, scalar, write
 from .base import LearningRule, StepResult, check_batch, check_int, check_positive
 from .predictive_coding import (
     FreeOutput,
@@ -563,6 +563,35 @@ class FullyAutonomousZIL(LearningRule):
                 return result
         return self._dense_step(net, x, y, trace)
 
+    def _front_sweep(self, net, forward, teacher, n_steps: int, gamma: float):
+        """The error front as the dense simulation computes it, eps_l(k) = 0 + gamma * (-0 + v), and
+        phi there (changed, from feedback since mu_l = z_l, at rest long before):
+        |eps_l(k)| > change_tol * (1 + |z_l|). Returns per level (None where the front does not
+        reach) its error and phi at its front, and per step t the per-level changes
+        parameter_vjp(phi * eps_l, r_{l-1}, u_l), as the dense simulation hands them over."""
+        levels = forward.levels
+        n_levels = len(levels)
+        # the Python numbers as cached 0-d tensors of the net's dtype: torch converts a Python
+        # number to the dtype anyway, with a copy per call (sweeps.scalar: the same products)
+        one, tolerance = scalar(1.0, forward.output), scalar(self._resolution(net), forward.output)
+        front_error: list[Tensor | None] = [None] * n_levels
+        fired_at_front: list[Tensor | None] = [None] * n_levels
+        per_step: list[list] = [[None] * n_levels for _ in range(n_steps)]
+        error = teacher.output_error(forward.output, forward.output)  # eps_L(0): the teacher reads the prediction only
+        for t in range(min(n_steps, n_levels)):
+            index = n_levels - 1 - t  # the front: level L - t
+            level = levels[index]
+            front_error[index] = error
+            fired = torch.gt(error.abs(), forward.preactivations[index].abs().add_(one).mul_(tolerance))
+            fired_at_front[index] = fired
+            per_step[t][index] = level.parameter_vjp(error * fired, forward.rates[index], forward.sides[index])
+            if index > 0 and t < n_steps - 1:  # the feedback reaches level L - t - 1 at t + 1
+                feedback = level.input_vjp(error, forward.rates[index])
+                error = levels[index - 1].rate.vjp(feedback, forward.contexts[index - 1])
+                if gamma != 1.0:
+                    error = error * gamma
+        return front_error, fired_at_front, per_step
+
     def _front_step(self, net, x, y, forward, checked: bool, slots):
         """The front alone (module docstring); None when `checked` and a neuron that did not
         change at its front could still fire (the caller then simulates the reflections too)."""
@@ -571,21 +600,8 @@ class FullyAutonomousZIL(LearningRule):
         n_steps = self.n_steps or n_levels
         output = forward.output
         teacher = make_teacher(self.loss, y, output)
-        tolerance = self._resolution(net)
-        error = teacher.output_error(output, output)  # eps_L(0): the teacher reads the prediction only
-        per_step: list[list] = []  # per step t: the per-level changes, as the dense simulation hands them over
-        fired_at_front: list[Tensor | None] = [None] * n_levels
-        for t in range(min(n_steps, n_levels)):
-            index = n_levels - 1 - t  # the front: level L - t
-            level = levels[index]
-            prediction = forward.preactivations[index]  # still z_l at the front, to the bit
-            fired = error.abs() > tolerance * (1 + prediction.abs())  # phi: changed, from feedback, at rest long
-            fired_at_front[index] = fired
-            change = level.parameter_vjp(error * fired, forward.rates[index], forward.sides[index])  # phi * eps_l
-            per_step.append([change if i == index else None for i in range(n_levels)])
-            if index > 0 and t < n_steps - 1:  # the feedback reaches level L - t - 1 at t + 1
-                feedback = level.input_vjp(error, forward.rates[index])
-                error = levels[index - 1].rate.vjp(feedback, forward.contexts[index - 1])
+        # forced simulation="events" runs the front as at gamma = 1 whatever gamma is (its negative control)
+        _, fired_at_front, per_step = self._front_sweep(net, forward, teacher, n_steps, gamma=1.0)
         # per level (output last): neurons that fired at the front, and the silent ones (harmless
         # misses: their delta is below the resolution); 0 on levels the front did not reach
         first_reached = n_levels - min(n_steps, n_levels)
@@ -628,37 +644,16 @@ class FullyAutonomousZIL(LearningRule):
     def _pooled_step(self, net, x, y, forward, slots):
         """A step whose changes all wait for the presentation's end (module docstring): the front,
         then, where a neuron may still fire, the cone behind it; the changes in the dense order."""
-        levels, sides, anchors = forward.levels, forward.sides, list(forward.preactivations)
+        levels, anchors = forward.levels, list(forward.preactivations)
         n_levels = len(levels)
         n_steps = self.n_steps or n_levels
         output = forward.output
         teacher = make_teacher(self.loss, y, output)
         if isinstance(teacher, ValueClamp):
             anchors[-1] = teacher.target
-        tolerance, gamma = self._resolution(net), self.gamma
-        # the Python numbers as cached 0-d tensors of the net's dtype: torch converts a Python
-        # number to the dtype anyway, with a copy per call (sweeps.scalar: the same products)
-        one, tolerance = scalar(1.0, output), scalar(tolerance, output)
-        # the front, as the dense simulation computes it: eps_l(k) = 0 + gamma * (-0 + v)
-        front_error: list[Tensor | None] = [None] * n_levels
-        fired_at_front: list[Tensor | None] = [None] * n_levels
-        per_step: list[list] = [[None] * n_levels for _ in range(n_steps)]
-        error = teacher.output_error(output, output)  # eps_L(0): the teacher reads the prediction only
-        reached = min(n_steps, n_levels)
-        for t in range(reached):
-            index = n_levels - 1 - t
-            level = levels[index]
-            front_error[index] = error
-            # phi at the front: changed, from feedback (mu = z_l), at rest long before
-            fired = torch.gt(error.abs(), forward.preactivations[index].abs().add_(one).mul_(tolerance))
-            fired_at_front[index] = fired
-            per_step[t][index] = level.parameter_vjp(error * fired, forward.rates[index], sides[index])
-            if index > 0 and t < n_steps - 1:
-                feedback = level.input_vjp(error, forward.rates[index])
-                error = levels[index - 1].rate.vjp(feedback, forward.contexts[index - 1])
-                if gamma != 1.0:
-                    error = error * gamma
-        first_reached = n_levels - reached
+        gamma = self.gamma
+        front_error, fired_at_front, per_step = self._front_sweep(net, forward, teacher, n_steps, gamma)
+        first_reached = n_levels - min(n_steps, n_levels)
         # the step's first host sync: how many fired at each front (the rest are silent)
         counted = torch.stack([torch.count_nonzero(fired_at_front[i]) for i in range(first_reached, n_levels)])
         success = [0] * first_reached + counted.tolist()
@@ -677,32 +672,20 @@ class FullyAutonomousZIL(LearningRule):
                 spurious[index] = elsewhere
                 success[index] -= also_at_front
                 silent[index] -= elsewhere - also_at_front
-        # Plasticity.add's sums and sweeps.write's writes, the same roundings, in buffers of this
-        # step's own (a change is a fresh tensor; one shared by two slots, an Elman step's bias
-        # VJP, is copied first)
+        # Plasticity.add's sums and Plasticity.finish's write, the same roundings, in buffers of
+        # this step's own (every change is a fresh tensor, and pool hands a distinct one per slot)
         pending: list[Tensor | None] = [None] * len(net.parameters_list())
         for changes in per_step:
             if all(change is None for change in changes):
                 continue
-            seen = set()
             for slot, total in enumerate(pool(net, levels, changes, slots)):
                 if total is None:
                     continue
-                if id(total) in seen:
-                    total = total.clone()
-                seen.add(id(total))
                 if pending[slot] is None:
                     pending[slot] = total
                 else:
                     pending[slot].add_(total)
-        # parameter + (scale * total), sweeps.write's products and sums, the products made in
-        # place in the step's own buffers (a fresh 784x256 product costs as much as the multiply)
-        written = [(parameter.data, total) for parameter, total in zip(net.parameters_list(), pending)
-                   if total is not None]
-        if written:
-            products = [total for _, total in written]
-            torch._foreach_mul_(products, scalar(self.lr / x.shape[0], products[0]))
-            torch._foreach_add_([parameter for parameter, _ in written], products)
+        write(net, pending, self.lr / x.shape[0], in_place=True)
         counts = torch.tensor([success, [0] * n_levels, silent, spurious], dtype=torch.long, device=output.device)
         return FaZILResult(self.loss(output, y), output, None, n_inference_steps=n_steps - 1,
                            simulation="events" if plan.empty else "events+reflections", detection_counts=counts)
