@@ -18,12 +18,7 @@ from bioprop.rules import fazil
 from bioprop.rules.fazil import plan_region
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch_for(net, input_shape, loss, batch, dtype, seed=1):

@@ -15,12 +15,7 @@ import bioprop
 from bioprop.errors import BioPropError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(activation="sigmoid", bias=True, sizes=(6, 5, 5, 4), dtype=torch.float64):

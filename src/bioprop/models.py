@@ -17,7 +17,6 @@ same network on every run; their layers use torch's default initialisation.
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 from typing import Callable, Sequence
 

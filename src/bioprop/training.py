@@ -52,7 +52,7 @@ from tqdm import tqdm
 from .batches import check_data, prechecked
 from .errors import BioPropError
 from .network import Network
-from .rules.base import LearningRule, StepResult
+from .rules.base import LearningRule
 
 Tensor = torch.Tensor
 

@@ -165,7 +165,7 @@ def locate_or_download(
         ) from None
     except OSError as error:
         _remove_if_empty(created)
-        where = (f"pass a writable --data-dir" if search.data_dir is not None
+        where = ("pass a writable --data-dir" if search.data_dir is not None
                  else f"pass a writable cache_dir or set ${CACHE_ENV_VAR}")
         raise DataUnavailableError(
             f"data set {name!r}: cannot write downloads to {target} ({error}); {where}"

@@ -23,7 +23,7 @@ import torch
 
 from ..errors import BioPropError
 from ..losses import Loss, get_loss
-from ..network import MLP, Network
+from ..network import Network
 
 Tensor = torch.Tensor
 
@@ -162,12 +162,6 @@ class LearningRule:
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{type(self).__name__}({opts})"
-
-
-def reported(result: StepResult) -> StepResult:
-    """The result as `step` returns it: as the rule made it (the loss a detached 0-d tensor on
-    every path). Kept for rules written when the public step turned the loss into a float."""
-    return result
 
 
 def check_positive(name: str, value: float, allow_zero: bool = False) -> float:

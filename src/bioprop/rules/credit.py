@@ -81,7 +81,7 @@ import torch
 from ..balance import Balance, get_balance
 from ..errors import BioPropError
 from ..network import MLP, ForwardPass, Network
-from ..sweeps import backward_sweep, pool
+from ..sweeps import backward_sweep, descend, pool
 from ..rate_network import (
     RateNetwork,
     Settling,
@@ -338,9 +338,7 @@ class CreditRule(LearningRule):
 
         # G = -<c g (dz/dtheta)>, BP's sign convention for bioprop.diagnostics; the change is -lr G
         estimates = pool(net, levels, per_level)
-        written = [(p.data, estimate) for p, estimate in zip(net.parameters_list(), estimates) if estimate is not None]
-        if written:
-            torch._foreach_add_([p for p, _ in written], [estimate for _, estimate in written], alpha=-self.lr)
+        descend(net.parameters_list(), estimates, self.lr)
         result = CreditStepResult(
             self.loss(output, y).detach(), output, _trace(firing_record, credit_record) if trace else None,
             gradient_estimates=estimates, **_settling_info(firing, credit_settling),

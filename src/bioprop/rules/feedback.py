@@ -55,7 +55,7 @@ from ..errors import BioPropError
 from ..levels import ActivationOp, ElmanLevel, Level, LinearLevel, RateFunction
 from ..measures import cosine
 from ..network import MLP, ForwardPass, Network, _xavier_gain
-from ..sweeps import backward_sweep, pool
+from ..sweeps import backward_sweep, descend, pool
 from .base import LearningRule, StepResult, check_int, check_positive
 
 Tensor = torch.Tensor
@@ -88,13 +88,6 @@ def draw_uniform(shapes: Sequence[tuple[int, ...]], bounds: Sequence[float], see
     """One U(-a, a) float64 CPU tensor per shape, in order, from `seed` (None: torch's global generator)."""
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return [(torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound for shape, bound in zip(shapes, bounds)]
-
-
-def decay_and_descend(tensor: Tensor, estimate: Tensor, lr: float, decay: float) -> None:
-    """tensor <- (1 - lr * decay) * tensor - lr * estimate, in place (no full-size temporaries)."""
-    if decay:
-        tensor.mul_(1.0 - lr * decay)
-    tensor.add_(estimate, alpha=-lr)
 
 
 def activation_name(rate: RateFunction) -> str:
@@ -203,9 +196,7 @@ class FeedbackRule(LearningRule):
         return backward_sweep(forward, output_error, feedback=per_level, stack_shared=True)
 
     def _write(self, parameters: list[Tensor], levels: Sequence[Level], keyed: list, estimates: list[Tensor | None]) -> None:
-        written = [(parameter, estimate) for parameter, estimate in zip(parameters, estimates) if estimate is not None]
-        if written:
-            torch._foreach_add_([p.data for p, _ in written], [e for _, e in written], alpha=-self.lr)
+        descend(parameters, estimates, self.lr)
 
     # -- drawing, checking, checkpoints --
     def _signature(self, net: Network, levels: Sequence[Level], forward: ForwardPass | None):
@@ -438,4 +429,4 @@ def _describe_signature(signature) -> str:
     return "parameters " + ", ".join(f"{name} {tuple(shape)}" for name, shape in signature)
 
 
-__all__ = ["FeedbackRule", "FeedbackStepResult", "decay_and_descend", "draw_uniform", "xavier_bound"]
+__all__ = ["FeedbackRule", "FeedbackStepResult", "draw_uniform", "xavier_bound"]

@@ -62,8 +62,8 @@ class KolenPollack(FeedbackRule):
 
     def _write(self, parameters, levels, keyed, estimates):
         # B_l's update reads only B_l and G_l (computed before any write), so order is free. Every
-        # tensor written is decayed (a weight's and B's mul_) and descended (add_ with alpha) in
-        # one foreach call each, as decay_and_descend does one tensor at a time; B is stored
+        # tensor written is decayed (tensor <- (1 - lr decay) tensor) and descended (- lr G) in
+        # one foreach call each, mul_ then add_ with alpha, as a per-tensor loop would; B is stored
         # laid out like W (FeedbackRule._store_weight_major), so layout(G) = G^T adds in order.
         weights = [p.data for p, estimate in zip(parameters, estimates) if estimate is not None and p.dim() > 1]
         feedback = [matrix for matrix, (slot, _) in zip(self._drawn, keyed) if estimates[slot] is not None]

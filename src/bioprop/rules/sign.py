@@ -59,6 +59,9 @@ class SignSymmetry(FeedbackRule):
         if magnitude not in MAGNITUDES:
             raise BioPropError(f"magnitude={magnitude!r}: choose one of {MAGNITUDES}")
         self.magnitude = magnitude
+        self._buffers: list | None = None  # step_feedback's buffers, one per key
+        self._uniform: list = []  # _uniform_magnitudes's answer, for the drawn state _uniform_for
+        self._uniform_for: list | None = None
 
     def options(self):
         return {**super().options(), "magnitude": self.magnitude}
@@ -87,7 +90,7 @@ class SignSymmetry(FeedbackRule):
         M_l in W_l's layout, or by the one number s_l where every magnitude is s_l (the unit
         magnitudes: the same products, +-s_l or 0, without reading M_l)."""
         weights = [levels[uses[0]].forward_weight.detach() for _, uses in keyed]
-        buffers = getattr(self, "_buffers", None)
+        buffers = self._buffers
         if buffers is None or len(buffers) != len(weights) or any(
                 b.shape != w.shape or b.dtype != w.dtype or b.device != w.device for b, w in zip(buffers, weights)):
             buffers = self._buffers = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
@@ -104,7 +107,7 @@ class SignSymmetry(FeedbackRule):
     def _uniform_magnitudes(self) -> list:
         """Per drawn magnitude tensor, its one value where all its entries are equal, else None;
         read once per drawn state (a host read), not per step."""
-        if getattr(self, "_uniform_for", None) is not self._drawn:
+        if self._uniform_for is not self._drawn:
             self._uniform = [float(m.reshape(-1)[0]) if m.numel() and bool((m == m.reshape(-1)[0]).all()) else None
                              for m in self._drawn]
             self._uniform_for = self._drawn
