@@ -216,6 +216,14 @@ def predictions_of(net: Network, rates: list[Tensor], state: PCState | None = No
     return [level.forward(r, side) for level, r, side in zip(levels, rates, sides)]
 
 
+def predictions_at(state: PCState, rates: list[Tensor], input_prediction: Tensor | None = None) -> list[Tensor]:
+    """mu_1 .. mu_L of `state` from its rates; `input_prediction`: mu_1 = A_1(r_0, u_1) when the
+    caller has it (r_0 is clamped, so it stands until level 1's parameters are written)."""
+    first = state.levels[0].forward(rates[0], state.sides[0]) if input_prediction is None else input_prediction
+    above_input = zip(state.levels[1:], rates[1:], state.sides[1:])
+    return [first] + [level.forward(r, side) for level, r, side in above_input]
+
+
 def errors_of(state: PCState, predictions: list[Tensor], teacher) -> list[Tensor]:
     """eps_1 .. eps_L; the output's comes from the teacher (or the free output)."""
     errors = [(anchor - mu) + offset for anchor, offset, mu in zip(state.anchors, state.offsets, predictions)]
@@ -436,9 +444,7 @@ def held_step(state: PCState, teacher, input_prediction: Tensor, gamma: float, o
     """One inference step with the weights held, as a function of the state (new offsets out):
     the same operations as `advance` at a step where no level learns."""
     rates, contexts = rates_and_contexts(state)
-    above_input = zip(state.levels[1:], rates[1:], state.sides[1:])
-    predictions = [input_prediction] + [level.forward(r, side) for level, r, side in above_input]
-    errors = errors_of(state, predictions, teacher)
+    errors = errors_of(state, predictions_at(state, rates, input_prediction), teacher)
     return inference_step(state, rates, contexts, errors, gamma, output_free).offsets
 
 
@@ -578,9 +584,7 @@ def advance(
     (at the feed-forward state they are the forward pass's z_l)."""
     rates, contexts = rates_and_contexts(state)
     if predictions is None:
-        above_input = zip(state.levels[1:], rates[1:], state.sides[1:])
-        first = state.levels[0].forward(rates[0], state.sides[0]) if input_prediction is None else input_prediction
-        predictions = [first] + [level.forward(r, side) for level, r, side in above_input]
+        predictions = predictions_at(state, rates, input_prediction)
     errors = errors_of(state, predictions, teacher)
     gates = gate(t, errors, predictions)
     changes = plasticity.changes(gates, errors, rates, state.sides)
@@ -768,6 +772,6 @@ __all__ = [
     "CompiledRelaxation", "DynamicsResult", "ErrorClamp", "FreeOutput", "LossTeacher", "PCState", "Plasticity",
     "Presented", "ReadByKey", "Relaxation", "SHARED_UPDATES", "TraceEntry", "ValueClamp", "advance", "clamp_output",
     "errors_of", "feedforward_state", "held_step", "held_steps", "inference_step", "make_teacher", "noisy_start",
-    "predictions_of", "present", "rates_and_contexts", "rates_of", "shares_slot", "simulate", "state_at",
+    "predictions_at", "predictions_of", "present", "rates_and_contexts", "rates_of", "shares_slot", "simulate", "state_at",
     "write_schedule",
 ]
